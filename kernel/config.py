@@ -1,0 +1,405 @@
+"""The configuration schema, and loading it from TOML or YAML with validation.
+
+One file (``--config`` or ``TURNOUT_CONFIG``), TOML or YAML with the same schema. Strings may use
+``${VAR}`` or ``${VAR:-default}`` to take values (secrets above all) from the environment. Every key
+is declared and documented here; ``docs/configuration.md`` is the reader's version of this module.
+Validation errors name the key, the file and line where it can be found, and what is expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator,
+                      model_validator)
+
+from .errors import ConfigError
+
+CONFIG_ENV = "TURNOUT_CONFIG"
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, so typos are caught at startup."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- server ------------------------------------------------------------------------------------
+
+
+class ApiKey(Section):
+    """A gateway API key. Only its SHA-256 is kept; ``turnout keys hash`` prints it for a key."""
+
+    name: str = Field(description="Who holds the key; shown in logs and records, never the key.")
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                               description="Hex SHA-256 of the key.")
+    key: SecretStr | None = Field(
+        default=None,
+        description="The key itself, usually as ${ENV}; hashed at load and then forgotten.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "ApiKey":
+        if (self.sha256 is None) == (self.key is None):
+            raise ValueError("give exactly one of 'sha256' or 'key'")
+        return self
+
+    def digest(self) -> str:
+        if self.sha256:
+            return self.sha256
+        return hashlib.sha256(self.key.get_secret_value().encode()).hexdigest()  # type: ignore[union-attr]
+
+
+class Server(Section):
+    """The HTTP API."""
+
+    host: str = Field(default="127.0.0.1", description="Address to bind. Without api_keys the "
+                      "gateway refuses any address but loopback.")
+    port: int = Field(default=4000, ge=0, le=65535, description="Port to bind; 0 picks a free one.")
+    api_keys: list[ApiKey] = Field(default_factory=list, description="Keys clients must send as "
+                                   "'Authorization: Bearer KEY'. Empty: no key needed, loopback only.")
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024,
+                                description="Largest request body accepted; larger gets 413.")
+    request_timeout_s: float = Field(default=600, gt=0,
+                                     description="Deadline for a whole request, all attempts.")
+
+
+# --- providers and models ----------------------------------------------------------------------
+
+
+class Timeouts(Section):
+    """Timeouts of a provider's HTTP client, in seconds."""
+
+    connect: float = Field(default=5, gt=0, description="To open a connection.")
+    read: float = Field(default=120, gt=0, description="Between two bytes of the answer (the "
+                        "longest pause a stream may make).")
+    write: float = Field(default=30, gt=0, description="To send the request.")
+    pool: float = Field(default=10, gt=0, description="To get a connection from the pool.")
+
+
+class Provider(Section):
+    """An upstream that serves models. Its name (the table key) is what models refer to."""
+
+    kind: Literal["openai", "openai-compatible", "anthropic", "gemini", "simulated"] = Field(
+        description="Wire format: 'openai' (api.openai.com), 'openai-compatible' (vLLM, Ollama, "
+        "llama.cpp, OpenRouter... by base_url), 'anthropic', 'gemini', or 'simulated' (the "
+        "built-in local fleet).")
+    base_url: str | None = Field(default=None, description="API root; each kind has a default "
+                                 "except openai-compatible, which needs one.")
+    api_key: SecretStr | None = Field(default=None, description="Credential, usually '${ENV}'. "
+                                      "Never logged.")
+    timeout: Timeouts = Field(default_factory=Timeouts)
+    max_connections: int = Field(default=100, ge=1, description="Pool size of its HTTP client.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra headers to send.")
+    api_version: str | None = Field(default=None, description="Anthropic: anthropic-version header.")
+
+    @model_validator(mode="after")
+    def _needs_base_url(self) -> "Provider":
+        if self.kind == "openai-compatible" and not self.base_url:
+            raise ValueError("kind 'openai-compatible' needs base_url, e.g. http://127.0.0.1:8000/v1")
+        return self
+
+
+CAPABILITIES = {"tools", "json", "streaming", "vision"}
+
+
+class Model(Section):
+    """A model clients may ask for by its name (the table key)."""
+
+    provider: str = Field(description="Name of the provider (a key of [providers]) that serves it.")
+    upstream: str | None = Field(default=None, description="Model id sent upstream; default: the "
+                                 "name.")
+    context_window: int = Field(default=128_000, ge=256, description="Tokens of prompt + answer.")
+    max_output_tokens: int | None = Field(default=None, ge=1, description="Upper bound of answer "
+                                          "tokens; Anthropic needs one (default 4096).")
+    input_price: float = Field(default=0.0, ge=0, description="USD per million input tokens.")
+    output_price: float = Field(default=0.0, ge=0, description="USD per million output tokens.")
+    capabilities: list[str] = Field(default_factory=lambda: ["tools", "json", "streaming"],
+                                    description=f"Any of {sorted(CAPABILITIES)}.")
+    tier: int = Field(default=1, ge=0, description="Strength, 0 = cheapest; routers may use it.")
+    description: str = ""
+
+    @field_validator("capabilities")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        unknown = set(v) - CAPABILITIES
+        if unknown:
+            raise ValueError(f"unknown capabilities {sorted(unknown)}; known: {sorted(CAPABILITIES)}")
+        return v
+
+
+# --- routing -----------------------------------------------------------------------------------
+
+
+class Route(Section):
+    """A named route: candidate models in order and how to fall back between them."""
+
+    models: list[str] = Field(min_length=1, description="Model names in preference order.")
+    strategy: Literal["fallback"] = Field(default="fallback", description="'fallback': try each "
+                                          "model in order until one answers.")
+    max_attempts: int = Field(default=4, ge=1, description="Attempts across all models, retries "
+                              "included.")
+    retry_after_cap_s: float = Field(default=5, ge=0, description="A 429 whose Retry-After is at "
+                                     "most this is waited out and retried; longer moves on.")
+    retries_per_model: int = Field(default=1, ge=0, description="Extra tries of the same model "
+                                   "after a timeout or 5xx before moving on.")
+    fallback_on_content_policy: bool = Field(default=False, description="Re-ask the next model "
+                                             "after a content-policy refusal.")
+    attempt_timeout_s: float | None = Field(default=None, gt=0, description="Deadline of one "
+                                            "attempt (non-streaming: the whole answer; streaming: "
+                                            "the first chunk).")
+    description: str = ""
+
+
+class Rule(Section):
+    """A rule of the rules router: when every condition holds, ``auto`` goes to ``route``."""
+
+    name: str = ""
+    when: dict[str, Any] = Field(description="label -> value, list of values, or comparison "
+                                 "string ('> 0.6', '<= 2000', '!= chat').")
+    route: str = Field(description="Route to take (a key of [routes]).")
+
+
+class Routing(Section):
+    """How ``model: auto`` is resolved."""
+
+    default: str = Field(default="auto", description="Route for auto when no rule matches.")
+    rules: list[Rule] = Field(default_factory=list, description="Checked in order; first match "
+                              "wins.")
+
+
+# --- the rest ----------------------------------------------------------------------------------
+
+
+class Plugins(Section):
+    """Which plugins load, beyond the built-ins and installed entry points."""
+
+    load: list[str] = Field(default_factory=list, description="Import paths ('pkg.mod' or "
+                            "'pkg.mod:Class') of extra plugins.")
+    disable: list[str] = Field(default_factory=list, description="Names of plugins not to load.")
+    settings: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per-plugin "
+                                                "settings, by plugin name.")
+
+
+class Record(Section):
+    """The request log."""
+
+    enabled: bool = True
+    path: str = Field(default="turnout.db", description="SQLite file (WAL); ':memory:' for none "
+                      "on disk.")
+
+
+class Logging(Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = Field(default="json", description="'console' for humans.")
+
+
+class Telemetry(Section):
+    """OpenTelemetry traces; off unless an endpoint is set."""
+
+    otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP traces endpoint, e.g. "
+                                      "http://127.0.0.1:4318/v1/traces.")
+    service_name: str = "turnout"
+
+
+class SimulatedModel(Section):
+    """One tier of the simulated fleet."""
+
+    latency_ms: float = Field(default=300, ge=0, description="Median time to the whole answer.")
+    jitter: float = Field(default=0.3, ge=0, description="Log-normal sigma of the latency.")
+    error_rate: float = Field(default=0.0, ge=0, le=1, description="Share of calls answered 5xx.")
+    rate_limit_rate: float = Field(default=0.0, ge=0, le=1, description="Share answered 429.")
+    quality: float = Field(default=0.7, ge=0, le=1, description="Share of answers that are right.")
+    tokens_per_s: float = Field(default=80, gt=0, description="Streaming speed.")
+
+
+class Simulation(Section):
+    """The simulated fleet served over local HTTP by providers of kind 'simulated'."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port.")
+    models: dict[str, SimulatedModel] = Field(default_factory=dict, description="Upstream model "
+                                              "ids the fleet serves, with their behaviour.")
+
+
+class Config(Section):
+    """The whole configuration."""
+
+    server: Server = Field(default_factory=Server)
+    providers: dict[str, Provider] = Field(default_factory=dict)
+    models: dict[str, Model] = Field(default_factory=dict)
+    routes: dict[str, Route] = Field(default_factory=dict)
+    routing: Routing = Field(default_factory=Routing)
+    plugins: Plugins = Field(default_factory=Plugins)
+    record: Record = Field(default_factory=Record)
+    logging: Logging = Field(default_factory=Logging)
+    telemetry: Telemetry = Field(default_factory=Telemetry)
+    simulation: Simulation = Field(default_factory=Simulation)
+    source: str | None = Field(default=None, exclude=True, description="(set by the loader)")
+
+    @model_validator(mode="after")
+    def _references(self) -> "Config":
+        for name, model in self.models.items():
+            if model.provider not in self.providers:
+                raise ValueError(f"models.{name}.provider: no provider {model.provider!r}; "
+                                 f"providers: {sorted(self.providers)}")
+        for name, route in self.routes.items():
+            if name in self.models:
+                raise ValueError(f"routes.{name}: a model has the same name; rename one")
+            for m in route.models:
+                if m not in self.models:
+                    raise ValueError(f"routes.{name}.models: no model {m!r}; "
+                                     f"models: {sorted(self.models)}")
+        for i, rule in enumerate(self.routing.rules):
+            if rule.route not in self.routes:
+                raise ValueError(f"routing.rules[{i}].route: no route {rule.route!r}")
+        if self.routes and self.routing.default not in self.routes:
+            raise ValueError(f"routing.default: no route {self.routing.default!r}; "
+                             f"routes: {sorted(self.routes)}")
+        if not self.server.api_keys and self.server.host not in LOOPBACK:
+            raise ValueError(f"server.host: {self.server.host!r} is not loopback and no "
+                             "server.api_keys are set; add a key or bind 127.0.0.1")
+        return self
+
+    def plugin_settings(self, name: str) -> dict[str, Any]:
+        """Settings for one plugin (``[plugins.settings.NAME]``), empty if none."""
+        return self.plugins.settings.get(name, {})
+
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+# --- loading -----------------------------------------------------------------------------------
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def load(path: str | os.PathLike | None = None, *, environ: dict[str, str] | None = None) -> Config:
+    """Load and validate the config at ``path`` (or ``$TURNOUT_CONFIG``); the embedded default
+    when neither is given."""
+    environ = os.environ if environ is None else environ
+    path = path or environ.get(CONFIG_ENV)
+    if not path:
+        from .defaults import embedded
+
+        return parse(embedded(environ), source="<embedded default>")
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {str(file)!r}: {exc.strerror}") from None
+    return parse_text(text, source=str(file), environ=environ)
+
+
+def parse_text(text: str, *, source: str, environ: dict[str, str] | None = None) -> Config:
+    """Parse TOML or YAML text (by file suffix; TOML tried first when unknown)."""
+    raw = _decode(text, source)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the config must be a table/mapping at the top level")
+    return parse(raw, source=source, text=text,
+                 environ=os.environ if environ is None else environ)
+
+
+def parse(raw: dict[str, Any], *, source: str, text: str | None = None,
+          environ: dict[str, str] | None = None) -> Config:
+    """Validate an already-decoded config tree."""
+    raw = _interpolate(raw, (), source, text, os.environ if environ is None else environ)
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, source, text)) from None
+    return config.model_copy(update={"source": source})
+
+
+def _decode(text: str, source: str) -> Any:
+    if source.endswith((".yaml", ".yml")):
+        try:
+            return yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{source}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        if source.endswith(".toml"):
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+        try:
+            return yaml.safe_load(text) or {}
+        except yaml.YAMLError:
+            raise ConfigError(f"{source}: neither valid TOML ({exc}) nor YAML") from None
+
+
+def _interpolate(node: Any, loc: tuple, source: str, text: str | None,
+                 environ: dict[str, str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _interpolate(v, (*loc, k), source, text, environ) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, (*loc, i), source, text, environ) for i, v in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+        def sub(m: re.Match) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in environ:
+                return environ[name]
+            if default is not None:
+                return default
+            raise ConfigError(f"{_where(loc, source, text)}: {_dotted(loc)} needs environment "
+                              f"variable {name}, which is not set; set it or write "
+                              f"${{{name}:-default}}")
+        return _ENV_REF.sub(sub, node)
+    return node
+
+
+def _explain(exc: ValidationError, source: str, text: str | None) -> str:
+    lines = [f"invalid config {source}:"]
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key; see docs/configuration.md for the keys this section takes"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        got = err.get("input")
+        shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, (dict, list)) \
+            or "secret" in str(loc).lower() or "key" in str(loc[-1:]).lower() else f" (got {got!r})"
+        lines.append(f"  {_where(loc, source, text)}: {_dotted(loc) or '(top level)'}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def _dotted(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _where(loc: tuple, source: str, text: str | None) -> str:
+    line = _find_line(loc, text) if text else None
+    return f"{source}:{line}" if line else source
+
+
+def _find_line(loc: tuple, text: str) -> int | None:
+    """Best-effort line of the last named key of ``loc`` in TOML or YAML text.
+
+    Walks the path: each named part must appear (as a key or a table header) after the line where
+    the previous part was found.
+    """
+    names = [str(p) for p in loc if not isinstance(p, int)]
+    if not names:
+        return None
+    lines = text.splitlines()
+    start, found = 0, None
+    for depth, name in enumerate(names):
+        key = re.compile(rf"""^\s*(-\s*)?["']?{re.escape(name)}["']?\s*[:=]""")
+        header = re.compile(rf"""^\s*\[\[?([\w."'-]+\.)?["']?{re.escape(name)}["']?(\.[\w."'-]+)?\]\]?""")
+        for i in range(start, len(lines)):
+            if key.search(lines[i]) or header.search(lines[i]):
+                start, found = i, i + 1
+                break
+        else:
+            return found if depth else None
+    return found

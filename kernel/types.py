@@ -1,0 +1,291 @@
+"""The data that flows through the kernel: requests, answers, stream chunks, plans and the context.
+
+The OpenAI Chat Completions shape is the canonical request and answer format inside Turnout;
+provider adapters translate to and from their own wire formats at the edge.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# --- the request -------------------------------------------------------------------------------
+
+
+class Message(BaseModel):
+    """One chat message in OpenAI format; unknown fields are kept and passed on."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+    def text(self) -> str:
+        """The message's text, with the text parts of multi-part content joined."""
+        if isinstance(self.content, str):
+            return self.content
+        if not self.content:
+            return ""
+        return "\n".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+
+
+class ChatRequest(BaseModel):
+    """An OpenAI Chat Completions request, validated at the edge before any upstream is called."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    n: int | None = Field(default=None, ge=1, le=1)
+    stop: str | list[str] | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: int | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_limit(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list) and len(v) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return v
+
+    @property
+    def output_limit(self) -> int | None:
+        """The caller's cap on output tokens, whichever field carried it."""
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def wants_json(self) -> bool:
+        """True when the caller asked for JSON mode or a JSON schema."""
+        return bool(self.response_format) and self.response_format.get("type") in (
+            "json_object", "json_schema")
+
+    def prompt_text(self) -> str:
+        """Every message's text, joined; what classifiers and token counters read."""
+        return "\n".join(m.text() for m in self.messages)
+
+
+# --- models and plans --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ModelProfile:
+    """A model as Turnout knows it: who serves it, what it costs, what it can do.
+
+    ``name`` is what clients ask for; ``upstream`` is the id sent to the provider.
+    Prices are US dollars per million tokens.
+    """
+
+    name: str
+    provider: str
+    upstream: str
+    context_window: int = 128_000
+    max_output_tokens: int | None = None
+    input_price: float = 0.0
+    output_price: float = 0.0
+    capabilities: frozenset[str] = frozenset({"tools", "json", "streaming"})
+    tier: int = 1
+    description: str = ""
+
+    def cost(self, usage: "Usage") -> float:
+        """Cost in US dollars of a call with this usage."""
+        return (usage.input_tokens * self.input_price
+                + usage.output_tokens * self.output_price) / 1_000_000
+
+
+@dataclass(slots=True)
+class Step:
+    """One planned call: a model, and the attempt budget for it."""
+
+    model: ModelProfile
+    timeout_s: float | None = None
+
+
+@dataclass(slots=True)
+class Plan:
+    """What the route event decided: a strategy and its ordered steps.
+
+    The kernel walks ``steps`` from ``cursor``; the escalate event moves the cursor (next link of a
+    fallback chain, next tier of a cascade) or retries the current step.
+    """
+
+    strategy: str
+    steps: list[Step]
+    cursor: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def current(self) -> Step | None:
+        return self.steps[self.cursor] if self.cursor < len(self.steps) else None
+
+
+# --- answers -----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token counts reported by the provider (or counted, where it reported none)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(slots=True)
+class Completion:
+    """A whole answer in OpenAI message form: ``content`` and/or ``tool_calls``."""
+
+    content: str | None
+    finish_reason: str = "stop"
+    tool_calls: list[dict[str, Any]] | None = None
+    usage: Usage = field(default_factory=Usage)
+    model: str = ""
+    provider: str = ""
+    cost_usd: float = 0.0
+    cached: bool = False
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One streamed delta in OpenAI form. ``tool_calls`` holds OpenAI delta tool calls (with index)."""
+
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    role: str | None = None
+
+
+Stream = AsyncIterator[Chunk]
+"""What a ``call`` implementation returns for a streaming request."""
+
+
+@dataclass(slots=True)
+class Verdict:
+    """A validator's judgement of one answer."""
+
+    ok: bool
+    validator: str
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class Escalation:
+    """What to do after an error or a failed verdict.
+
+    ``action`` is ``retry`` (the same step again after ``delay_s``), ``next`` (move to plan step
+    ``cursor``) or ``stop`` (give up with ``error``).
+    """
+
+    action: Literal["retry", "next", "stop"]
+    reason: str
+    delay_s: float = 0.0
+    cursor: int | None = None
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One call to one model, as it happened."""
+
+    model: str
+    provider: str
+    started: float
+    latency_s: float = 0.0
+    status: str = "pending"
+    error: str | None = None
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float = 0.0
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "provider": self.provider, "status": self.status,
+                "error": self.error, "latency_ms": round(self.latency_s * 1000, 2),
+                "input_tokens": self.usage.input_tokens,
+                "output_tokens": self.usage.output_tokens, "cost_usd": self.cost_usd,
+                "verdicts": [f"{v.validator}:{'ok' if v.ok else v.reason}" for v in self.verdicts]}
+
+
+@dataclass(slots=True)
+class Alert:
+    """An alert rule fired (or cleared): delivered through the ``alert`` event."""
+
+    name: str
+    severity: Literal["info", "warning", "critical"]
+    summary: str
+    labels: dict[str, str] = field(default_factory=dict)
+    resolved: bool = False
+
+
+# --- the request context -----------------------------------------------------------------------
+
+
+def new_request_id() -> str:
+    return "req_" + uuid.uuid4().hex[:24]
+
+
+@dataclass(slots=True, eq=False)
+class Context:
+    """Everything the kernel and the plugins know about one request while it is in flight.
+
+    Plugins read it and add to it; ``state`` is free scratch space keyed by plugin name.
+    ``parent`` is set for sub-requests made by multi-call strategies.
+    """
+
+    request: ChatRequest
+    request_id: str = field(default_factory=new_request_id)
+    route: str | None = None
+    labels: dict[str, Any] = field(default_factory=dict)
+    candidates: list[ModelProfile] = field(default_factory=list)
+    plan: Plan | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    decision: dict[str, Any] = field(default_factory=dict)
+    completion: Completion | None = None
+    error: BaseException | None = None
+    status: str = "pending"
+    client: str | None = None
+    parent: "Context | None" = None
+    span: Any = None
+    state: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+    created_at: float = field(default_factory=time.time)
+    ended: float | None = None
+    upstream_s: float = 0.0
+
+    @property
+    def spend_usd(self) -> float:
+        """Cost of every attempt so far, failed ones included."""
+        return sum(a.cost_usd for a in self.attempts)
+
+    @property
+    def latency_s(self) -> float:
+        return (self.ended or time.perf_counter()) - self.started
+
+    @property
+    def overhead_s(self) -> float:
+        """Time the gateway itself took: total minus time waiting on providers."""
+        return max(0.0, self.latency_s - self.upstream_s)
+
+    def drop(self, model: ModelProfile, reason: str) -> None:
+        """Remove a candidate model and note why in the decision record."""
+        self.candidates = [m for m in self.candidates if m is not model]
+        self.decision.setdefault("dropped", []).append({"model": model.name, "reason": reason})
