@@ -1,1 +1,135 @@
-def main(): print("hi")
+"""The ``turnout`` command: serve the gateway, check config, explain routes, show stats."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import anyio
+
+from turnout.kernel import config as config_module
+from turnout.kernel.config import LOOPBACK
+from turnout.kernel.errors import BadRequest, ConfigError, TurnoutError
+
+EPILOG = """commands:
+  serve                 start the gateway (embedded defaults when no config is given)
+  config check FILE     validate a config file
+  route --explain TEXT  show how a prompt would be routed, without calling any model
+  stats                 spend, latency percentiles and success per model, from the record
+  keys hash KEY         print the SHA-256 to put in server.api_keys
+
+The config file comes from --config or $TURNOUT_CONFIG; without either, the embedded defaults
+(a simulated fleet, plus real providers for OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY)."""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="turnout", description="Turnout: an LLM gateway that routes "
+                                "every request to the right model.", epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="start the gateway")
+    serve.add_argument("--config", help="config file (TOML or YAML)")
+    serve.add_argument("--host", help="address to bind (default: server.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to bind (default: server.port, 4000)")
+
+    check = sub.add_parser("config", help="config file tools")
+    check_sub = check.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
+    check_file = check_sub.add_parser("check", help="validate a config file")
+    check_file.add_argument("file")
+
+    route = sub.add_parser("route", help="explain how a prompt would be routed")
+    route.add_argument("--explain", required=True, metavar="PROMPT", help="the prompt")
+    route.add_argument("--model", default="auto", help="model or route to ask for (default auto)")
+    route.add_argument("--config", help="config file")
+
+    stats = sub.add_parser("stats", help="summarise the request record")
+    stats.add_argument("--config", help="config file (for record.path)")
+    stats.add_argument("--db", help="SQLite record file (default: record.path)")
+    stats.add_argument("--json", action="store_true", help="print JSON")
+
+    keys = sub.add_parser("keys", help="API key tools")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="SUBCOMMAND")
+    keys_hash = keys_sub.add_parser("hash", help="print the SHA-256 of a key for server.api_keys")
+    keys_hash.add_argument("key")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return serve(args)
+        if args.command == "config" and args.config_command == "check":
+            config = config_module.load(args.file)
+            print(f"{args.file}: ok ({len(config.providers)} providers, {len(config.models)} "
+                  f"models, {len(config.routes)} routes)")
+            return 0
+        if args.command == "route":
+            print(json.dumps(anyio.run(explain, args), indent=2, default=str))
+            return 0
+        if args.command == "stats":
+            return stats(args)
+        if args.command == "keys" and args.keys_command == "hash":
+            from turnout.adapters.http.auth import hash_key
+
+            print(hash_key(args.key))
+            return 0
+    except TurnoutError as exc:
+        print(f"turnout: {exc.message}", file=sys.stderr)
+        return 2
+    parser().print_help()
+    return 0 if args.command is None else 2
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from turnout.adapters.http import create_app
+    from turnout.kernel.kernel import Kernel
+    from turnout.kernel.observability import configure_logging
+
+    config = config_module.load(args.config)
+    server = config.server.model_copy(update={k: v for k, v in (("host", args.host),
+                                                                ("port", args.port)) if v})
+    if not server.api_keys and server.host not in LOOPBACK:
+        raise ConfigError(f"--host {server.host} is not loopback and no server.api_keys are "
+                          "configured; add a key (turnout keys hash) or bind 127.0.0.1")
+    config = config.model_copy(update={"server": server})
+    configure_logging(config.logging)
+    kernel = Kernel(config)
+    kernel.load_plugins()
+    note = ("no API keys configured: accepting requests without a key, on loopback only"
+            if not server.api_keys else f"{len(server.api_keys)} API keys configured")
+    print(f"turnout: serving on http://{server.host}:{server.port}/v1 "
+          f"({config.source}); {note}", file=sys.stderr, flush=True)
+    uvicorn.run(create_app(kernel), host=server.host, port=server.port, log_level="warning",
+                access_log=False, loop="auto", http="auto", lifespan="on")
+    return 0
+
+
+async def explain(args: argparse.Namespace) -> dict:
+    from turnout.kernel.kernel import Kernel
+    from turnout.kernel.types import ChatRequest
+
+    try:
+        request = ChatRequest(model=args.model, messages=[{"role": "user",
+                                                           "content": args.explain}])
+    except Exception as exc:  # pydantic's error, said plainly
+        raise BadRequest(f"cannot build a request from that prompt: {exc}") from None
+    async with Kernel(config_module.load(args.config)) as kernel:
+        return await kernel.explain(kernel.context(request))
+
+
+def stats(args: argparse.Namespace) -> int:
+    from turnout.plugins.sqlite_recorder import render_stats, summarize
+
+    path = args.db or config_module.load(args.config).record.path
+    summary = summarize(path)
+    print(json.dumps(summary, indent=2) if args.json else render_stats(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -54,13 +54,19 @@ def classify(ctx: Context) -> dict[str, Any] | None:
 
 @hookspec
 def route(ctx: Context) -> Plan | None:
-    """Narrow and order ``ctx.candidates``, or turn them into a plan.
+    """Choose the candidate models, narrow and order them, and turn them into a plan.
 
-    Fires once per request after classify. ``ctx.candidates`` holds the models the requested model
-    or route allows, in preference order; ``ctx.route`` names the route (or is None for a model
-    asked for by name). Filters (context-window fit, budget, health, rate limits) run first
-    (``tryfirst=True``), drop models with ``ctx.drop(model, reason)`` and return None; a strategy
-    returns the :class:`~turnout.kernel.types.Plan`. Write why into ``ctx.decision``.
+    Fires once per request after classify. Implementations run in three phases, by pluggy order:
+
+    - ``tryfirst=True``: selection. For ``model: auto`` ``ctx.route`` is ``"auto"`` and
+      ``ctx.candidates`` is empty; a router (the built-in rules router) picks the route and sets
+      ``ctx.route`` and ``ctx.candidates``. For a route or model asked for by name both are set.
+    - plain: filters (context-window fit, capabilities, budget, health, rate limits) drop models
+      with ``ctx.drop(model, reason)`` and return None.
+    - ``trylast=True``: strategies turn the remaining candidates into a
+      :class:`~turnout.kernel.types.Plan` (the built-in fallback chain is the last resort).
+
+    Any implementation may return a plan early. Write why into ``ctx.decision``.
 
     :param ctx: The request context, labels set.
     :return: A plan, or None to let the next implementation decide.

@@ -27,32 +27,36 @@ from .types import (Alert, Attempt, ChatRequest, Chunk, Completion, Context, Esc
 log = structlog.get_logger("turnout.kernel")
 tracer = trace.get_tracer("turnout")
 
-BUILTINS = (
-    "turnout.plugins.classify",
-    "turnout.plugins.rules_router",
-    "turnout.plugins.context_fit",
-    "turnout.plugins.fallback",
-    "turnout.plugins.json_validator",
-    "turnout.plugins.sqlite_recorder",
-    "turnout.plugins.log_alerts",
-    "turnout.plugins.telemetry",
-    "turnout.adapters.providers",
-)
+BUILTINS = {
+    "classify": "turnout.plugins.classify",
+    "rules_router": "turnout.plugins.rules_router:RulesRouter",
+    "fit": "turnout.plugins.fit",
+    "fallback": "turnout.plugins.fallback:Fallback",
+    "json_validator": "turnout.plugins.json_validator",
+    "sqlite_recorder": "turnout.plugins.sqlite_recorder:SQLiteRecorder",
+    "log_alerts": "turnout.plugins.log_alerts",
+    "telemetry": "turnout.plugins.telemetry:Telemetry",
+    "providers": "turnout.adapters.providers:Providers",
+}
 """Built-in plugins, loaded through the same path as third-party ones."""
 
 AUTO = "auto"
+"""The model name that lets the routers choose."""
+
+ESTIMATED_ANSWER_TOKENS = 256
+"""Answer length assumed for the decision's cost estimate when the request sets no max_tokens."""
 
 
 class Kernel:
     """One gateway process: config, plugins, models, and the request pipeline."""
 
     def __init__(self, config: Config, *, plugins: PluginManager | None = None,
-                 builtins: tuple[str, ...] = BUILTINS) -> None:
+                 builtins: dict[str, str] = BUILTINS) -> None:
         self.config = config
         self.models = ModelRegistry.from_config(config)
         self.plugins = plugins or PluginManager()
         self._builtins = builtins
-        self._started = False
+        self.started = False
 
     @classmethod
     def from_config_file(cls, path: str | None = None) -> "Kernel":
@@ -76,7 +80,7 @@ class Kernel:
         if not self.plugins.names():
             self.load_plugins()
         await self.plugins.call_all("startup", kernel=self)
-        self._started = True
+        self.started = True
         log.info("kernel_started", plugins=self.plugins.names(), models=len(self.models),
                  routes=sorted(self.config.routes))
 
@@ -84,7 +88,7 @@ class Kernel:
         """Run every ``shutdown`` hook; one that fails does not stop the others."""
         with anyio.CancelScope(shield=True):
             await self.plugins.call_all("shutdown", isolate=True, kernel=self)
-        self._started = False
+        self.started = False
 
     async def __aenter__(self) -> "Kernel":
         await self.start()
@@ -138,6 +142,11 @@ class Kernel:
             raise
         return self._relay(ctx, first, rest)
 
+    async def explain(self, ctx: Context) -> dict[str, Any]:
+        """Classify and route without calling any model; the decision record and labels."""
+        await self._prepare(ctx)
+        return {"labels": ctx.labels, **ctx.decision}
+
     async def subrequest(self, parent: Context, request: ChatRequest) -> Completion:
         """Run a sub-request for a multi-call strategy: classified, routed, traced and recorded
         under ``parent``."""
@@ -174,8 +183,13 @@ class Kernel:
         if plan is None:
             raise NoRoute(f"no model can serve this request ({self._why_none(ctx)}).")
         ctx.plan = plan
+        first = plan.steps[0].model if plan.steps else None
+        estimate = first.cost(Usage(ctx.labels.get("prompt_tokens", 0),
+                                    ctx.request.output_limit or ESTIMATED_ANSWER_TOKENS)) \
+            if first else 0.0
         ctx.decision.update(route=ctx.route, strategy=plan.strategy,
-                            plan=[s.model.name for s in plan.steps])
+                            plan=[s.model.name for s in plan.steps],
+                            estimated_cost_usd=round(estimate, 8))
         log.debug("route_selected", route=ctx.route, plan=ctx.decision["plan"])
 
     @staticmethod

@@ -159,19 +159,20 @@ class PluginManager:
 
     # --- loading -------------------------------------------------------------------------------
 
-    def load(self, *, builtins: Iterable[str], paths: Iterable[str] = (),
+    def load(self, *, builtins: dict[str, str], paths: Iterable[str] = (),
              disable: Iterable[str] = (), entry_point_group: str = ENTRY_POINT_GROUP) -> None:
         """Load built-in modules, installed entry points and import paths named in config.
 
-        ``builtins`` and ``paths`` are ``module`` or ``module:attribute`` strings; a plugin's name
-        is the module's last component (or the attribute's name). ``disable`` names plugins not to
-        load; ``TURNOUT_PLUGINS`` restricts loading to the names it lists.
+        ``builtins`` maps plugin names to import paths; ``paths`` are ``module`` or
+        ``module:attribute`` strings, named by the attribute (or the module's last component).
+        A class is instantiated once per manager. ``disable`` names plugins not to load;
+        ``TURNOUT_PLUGINS`` restricts loading to the names it lists.
         """
         only = {n.strip() for n in os.environ.get(ONLY_ENV, "").split(",") if n.strip()}
         disable = set(disable)
         found: list[tuple[str, Callable[[], object], str]] = []
-        for path in builtins:
-            found.append((plugin_name(path), lambda p=path: import_object(p), "built-in"))
+        for name, path in builtins.items():
+            found.append((name, lambda p=path: import_object(p), "built-in"))
         for ep in entry_points(group=entry_point_group):
             found.append((ep.name, ep.load, f"entry point {ep.value}"))
         for path in paths:

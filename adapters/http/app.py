@@ -1,0 +1,221 @@
+"""The OpenAI-compatible HTTP API: ``/v1/chat/completions``, ``/v1/models``, health.
+
+Every error leaves in OpenAI's JSON error format with its proper status; malformed or
+out-of-range input is refused with a 4xx before any upstream is called.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import AsyncIterator
+
+import orjson
+import structlog
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from turnout.kernel.errors import (BadRequest, BodyTooLarge, NotFound, RateLimited,
+                                   ProviderRateLimited, TurnoutError)
+from turnout.kernel.kernel import AUTO, Kernel
+from turnout.kernel.types import ChatRequest, Chunk, Context, new_request_id
+
+from .auth import KeyRing
+from .wire import ChunkFramer, completion_json
+
+log = structlog.get_logger("turnout.http")
+
+EXPLAIN_HEADER = "x-turnout-explain"
+"""Request header: when set to 1, the response carries the decision record in x-turnout-decision."""
+
+
+def error_response(error: TurnoutError, request_id: str | None = None) -> Response:
+    """An OpenAI-style JSON error, with Retry-After for rate limits."""
+    headers = {}
+    if request_id:
+        headers["x-request-id"] = request_id
+    retry_after = getattr(error, "retry_after", None)
+    if isinstance(error, (RateLimited, ProviderRateLimited)) and retry_after is not None:
+        headers["retry-after"] = str(max(1, round(retry_after)))
+    return Response(orjson.dumps(error.to_openai()), status_code=error.status,
+                    media_type="application/json", headers=headers)
+
+
+def internal_error(exc: BaseException, request_id: str | None) -> Response:
+    log.error("internal_error", error_type=type(exc).__name__, error=str(exc), exc_info=exc)
+    return error_response(TurnoutError(
+        "The gateway failed unexpectedly; the request id is in x-request-id. See the gateway "
+        "log for details."), request_id)
+
+
+def validation_message(exc: ValidationError) -> tuple[str, str | None]:
+    """The first pydantic error as an OpenAI-style message and param."""
+    err = exc.errors()[0]
+    loc = err["loc"]
+    param = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p))
+                    for i, p in enumerate(loc)) or None
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        msg = "this parameter is required"
+    got = err.get("input")
+    shown = "" if err["type"] == "missing" or isinstance(got, (dict, list)) else f" (got {got!r})"
+    return f"Invalid value for '{param}': {msg}{shown}.", param
+
+
+class Gateway:
+    """The HTTP handlers, bound to one kernel."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.keys = KeyRing(kernel.config.server.api_keys)
+        self.max_body = kernel.config.server.max_body_bytes
+
+    async def chat_completions(self, http: Request) -> Response:
+        request_id = http.headers.get("x-request-id") or new_request_id()
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            client = self.keys.check(http.headers.get("authorization"))
+            request = await self._parse(http)
+            ctx = self.kernel.context(request, request_id=request_id, client=client)
+            if request.stream:
+                return await self._stream(ctx, explain=http.headers.get(EXPLAIN_HEADER) == "1")
+            completion = await self.kernel.complete(ctx)
+        except TurnoutError as exc:
+            return error_response(exc, request_id)
+        except Exception as exc:  # noqa: BLE001 - the last guard: never a traceback to the client
+            return internal_error(exc, request_id)
+        headers = self._headers(ctx, http.headers.get(EXPLAIN_HEADER) == "1")
+        headers["x-turnout-cost-usd"] = f"{completion.cost_usd:.8f}"
+        return Response(completion_json(request_id, completion), media_type="application/json",
+                        headers=headers)
+
+    async def _parse(self, http: Request) -> ChatRequest:
+        declared = http.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            raise BodyTooLarge(f"The request body is {declared} bytes; the limit is "
+                               f"{self.max_body} (server.max_body_bytes).")
+        body = bytearray()
+        async for part in http.stream():
+            body += part
+            if len(body) > self.max_body:
+                raise BodyTooLarge(f"The request body exceeds {self.max_body} bytes "
+                                   "(server.max_body_bytes).")
+        if not body:
+            raise BadRequest("The request body is empty; send a JSON chat completion request.")
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"The request body is not valid JSON ({exc.msg} at position "
+                             f"{exc.pos}).") from None
+        if not isinstance(data, dict):
+            raise BadRequest("The request body must be a JSON object.")
+        try:
+            return ChatRequest.model_validate(data)
+        except ValidationError as exc:
+            message, param = validation_message(exc)
+            raise BadRequest(message, param=param) from None
+
+    async def _stream(self, ctx: Context, explain: bool) -> Response:
+        chunks = await self.kernel.stream(ctx)  # fallback happens in here, before any byte
+        step = ctx.plan.steps[ctx.plan.cursor].model
+        include_usage = bool((ctx.request.stream_options or {}).get("include_usage"))
+        framer = ChunkFramer(ctx.request_id, step.name, include_usage)
+        return StreamingResponse(self._frames(chunks, framer), media_type="text/event-stream",
+                                 headers={**self._headers(ctx, explain),
+                                          "cache-control": "no-cache"})
+
+    @staticmethod
+    async def _frames(chunks: AsyncIterator[Chunk], framer: ChunkFramer) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in chunks:
+                frame = framer.frame(chunk)
+                if frame:
+                    yield frame
+        except TurnoutError as exc:
+            yield framer.error(exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - still an explicit error event, never a quiet end
+            log.error("stream_failed", error_type=type(exc).__name__, exc_info=exc)
+            yield framer.error(TurnoutError("The gateway failed while streaming."))
+            return
+        finally:
+            with contextlib.suppress(Exception):
+                await chunks.aclose()
+        yield framer.end()
+
+    def _headers(self, ctx: Context, explain: bool) -> dict[str, str]:
+        attempt = ctx.attempts[-1] if ctx.attempts else None
+        headers = {
+            "x-request-id": ctx.request_id,
+            "x-turnout-route": ctx.route or "",
+            "x-turnout-model": attempt.model if attempt else "",
+            "x-turnout-provider": attempt.provider if attempt else "",
+            "x-turnout-attempts": str(len(ctx.attempts)),
+        }
+        if explain:
+            headers["x-turnout-decision"] = orjson.dumps(ctx.decision, default=str).decode()
+        return headers
+
+    async def models(self, http: Request) -> Response:
+        try:
+            self.keys.check(http.headers.get("authorization"))
+        except TurnoutError as exc:
+            return error_response(exc)
+        data = [{"id": AUTO, "object": "model", "created": 0, "owned_by": "turnout"}]
+        data += [{"id": name, "object": "model", "created": 0, "owned_by": "turnout"}
+                 for name in self.kernel.config.routes]
+        data += [{"id": m.name, "object": "model", "created": 0, "owned_by": m.provider}
+                 for m in self.kernel.models]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def healthz(self, http: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(self, http: Request) -> Response:
+        if not self.kernel.started:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        return JSONResponse({"status": "ready", "models": len(self.kernel.models)})
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    if exc.status_code == 404:
+        return error_response(NotFound(f"No endpoint {request.method} {request.url.path}; "
+                                       "the API serves /v1/chat/completions and /v1/models."))
+    error = TurnoutError(str(exc.detail))
+    error.status, error.type, error.code = exc.status_code, "invalid_request_error", "http_error"
+    return error_response(error)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    return internal_error(exc, None)
+
+
+def create_app(kernel: Kernel, *, manage_kernel: bool = True) -> Starlette:
+    """The ASGI app; with ``manage_kernel`` its lifespan starts and stops the kernel."""
+    gateway = Gateway(kernel)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        if manage_kernel:
+            await kernel.start()
+        try:
+            yield
+        finally:
+            if manage_kernel:
+                await kernel.stop()
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
+            Route("/chat/completions", gateway.chat_completions, methods=["POST"]),
+            Route("/v1/models", gateway.models, methods=["GET"]),
+            Route("/healthz", gateway.healthz, methods=["GET"]),
+            Route("/readyz", gateway.readyz, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: _http_error, Exception: _unexpected},
+        lifespan=lifespan,
+    )

@@ -1,0 +1,80 @@
+"""Turnout's answers in the OpenAI Chat Completions wire format (JSON and SSE frames)."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+
+from turnout.kernel.errors import TurnoutError
+from turnout.kernel.types import Chunk, Completion, Usage
+
+
+def usage_json(usage: Usage) -> dict:
+    return {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
+            "total_tokens": usage.total_tokens}
+
+
+def completion_json(request_id: str, completion: Completion) -> bytes:
+    """A ``chat.completion`` object."""
+    message: dict = {"role": "assistant", "content": completion.content}
+    if completion.tool_calls:
+        message["tool_calls"] = completion.tool_calls
+    return orjson.dumps({
+        "id": "chatcmpl-" + request_id.removeprefix("req_"),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": completion.model,
+        "choices": [{"index": 0, "message": message, "logprobs": None,
+                     "finish_reason": completion.finish_reason}],
+        "usage": usage_json(completion.usage),
+    })
+
+
+class ChunkFramer:
+    """Turns kernel chunks into ``chat.completion.chunk`` SSE frames for one response."""
+
+    __slots__ = ("id", "created", "model", "include_usage", "usage")
+
+    def __init__(self, request_id: str, model: str, include_usage: bool) -> None:
+        self.id = "chatcmpl-" + request_id.removeprefix("req_")
+        self.created = int(time.time())
+        self.model = model
+        self.include_usage = include_usage
+        self.usage: Usage | None = None
+
+    def frame(self, chunk: Chunk) -> bytes:
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        if chunk.content is None and chunk.tool_calls is None and chunk.finish_reason is None \
+                and chunk.role is None:
+            return b""
+        delta: dict = {}
+        if chunk.role:
+            delta["role"] = chunk.role
+        if chunk.content is not None:
+            delta["content"] = chunk.content
+        if chunk.tool_calls:
+            delta["tool_calls"] = chunk.tool_calls
+        return self._sse({"id": self.id, "object": "chat.completion.chunk",
+                          "created": self.created, "model": self.model,
+                          "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                       "finish_reason": chunk.finish_reason}]})
+
+    def end(self) -> bytes:
+        """The usage chunk (when asked for) and ``[DONE]``."""
+        tail = b""
+        if self.include_usage:
+            tail = self._sse({"id": self.id, "object": "chat.completion.chunk",
+                              "created": self.created, "model": self.model, "choices": [],
+                              "usage": usage_json(self.usage or Usage())})
+        return tail + b"data: [DONE]\n\n"
+
+    @staticmethod
+    def error(error: TurnoutError) -> bytes:
+        """An explicit error event; the stream ends after it, without ``[DONE]``."""
+        return ChunkFramer._sse(error.to_openai())
+
+    @staticmethod
+    def _sse(obj: dict) -> bytes:
+        return b"data: " + orjson.dumps(obj) + b"\n\n"

@@ -1,0 +1,20 @@
+"""Delivers alerts as structured log events (``alert_fired`` / ``alert_resolved``)."""
+
+from __future__ import annotations
+
+import structlog
+
+from turnout.kernel.hookspecs import hookimpl
+from turnout.kernel.types import Alert
+
+log = structlog.get_logger("turnout.alerts")
+
+
+@hookimpl
+def alert(alert: Alert) -> None:
+    """Log the alert at warning (error for critical), or info when it resolves."""
+    event = "alert_resolved" if alert.resolved else "alert_fired"
+    method = log.info if alert.resolved else (log.error if alert.severity == "critical"
+                                              else log.warning)
+    method(event, alert=alert.name, severity=alert.severity, summary=alert.summary,
+           **alert.labels)

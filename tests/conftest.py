@@ -1,0 +1,17 @@
+"""Shared fixtures: the anyio backend, and an isolated plugin environment."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _no_plugin_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests must not change because a plugin is installed or selected in the environment."""
+    monkeypatch.delenv("TURNOUT_PLUGINS", raising=False)
+    monkeypatch.delenv("TURNOUT_CONFIG", raising=False)
