@@ -15,6 +15,7 @@ from turnout.kernel.errors import BadRequest, ConfigError, TurnoutError
 EPILOG = """commands:
   serve                 start the gateway (embedded defaults when no config is given)
   config check FILE     validate a config file
+  config docs           print the configuration reference
   route --explain TEXT  show how a prompt would be routed, without calling any model
   stats                 spend, latency percentiles and success per model, from the record
   keys hash KEY         print the SHA-256 to put in server.api_keys
@@ -38,6 +39,7 @@ def parser() -> argparse.ArgumentParser:
     check_sub = check.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
     check_file = check_sub.add_parser("check", help="validate a config file")
     check_file.add_argument("file")
+    check_sub.add_parser("docs", help="print the configuration reference (Markdown)")
 
     route = sub.add_parser("route", help="explain how a prompt would be routed")
     route.add_argument("--explain", required=True, metavar="PROMPT", help="the prompt")
@@ -65,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
             config = config_module.load(args.file)
             print(f"{args.file}: ok ({len(config.providers)} providers, {len(config.models)} "
                   f"models, {len(config.routes)} routes)")
+            return 0
+        if args.command == "config" and args.config_command == "docs":
+            from turnout.kernel.config_docs import reference
+
+            print(reference())
             return 0
         if args.command == "route":
             print(json.dumps(anyio.run(explain, args), indent=2, default=str))

@@ -41,7 +41,7 @@ class ApiKey(Section):
                                description="Hex SHA-256 of the key.")
     key: SecretStr | None = Field(
         default=None,
-        description="The key itself, usually as ${ENV}; hashed at load and then forgotten.")
+        description="The key itself, usually as ${ENV}; only its digest is compared.")
 
     @model_validator(mode="after")
     def _one_of(self) -> "ApiKey":
@@ -93,7 +93,7 @@ class Provider(Section):
                                  "except openai-compatible, which needs one.")
     api_key: SecretStr | None = Field(default=None, description="Credential, usually '${ENV}'. "
                                       "Never logged.")
-    timeout: Timeouts = Field(default_factory=Timeouts)
+    timeout: Timeouts = Field(default_factory=Timeouts, description="HTTP client timeouts.")
     max_connections: int = Field(default=100, ge=1, description="Pool size of its HTTP client.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra headers to send.")
     api_version: str | None = Field(default=None, description="Anthropic: anthropic-version header.")
@@ -122,7 +122,7 @@ class Model(Section):
     capabilities: list[str] = Field(default_factory=lambda: ["tools", "json", "streaming"],
                                     description=f"Any of {sorted(CAPABILITIES)}.")
     tier: int = Field(default=1, ge=0, description="Strength, 0 = cheapest; routers may use it.")
-    description: str = ""
+    description: str = Field(default="", description="Free text, shown in listings.")
 
     @field_validator("capabilities")
     @classmethod
@@ -153,13 +153,13 @@ class Route(Section):
     attempt_timeout_s: float | None = Field(default=None, gt=0, description="Deadline of one "
                                             "attempt (non-streaming: the whole answer; streaming: "
                                             "the first chunk).")
-    description: str = ""
+    description: str = Field(default="", description="Free text, shown in listings.")
 
 
 class Rule(Section):
     """A rule of the rules router: when every condition holds, ``auto`` goes to ``route``."""
 
-    name: str = ""
+    name: str = Field(default="", description="Shown in decision records; default 'rule N'.")
     when: dict[str, Any] = Field(description="label -> value, list of values, or comparison "
                                  "string ('> 0.6', '<= 2000', '!= chat').")
     route: str = Field(description="Route to take (a key of [routes]).")
@@ -168,7 +168,8 @@ class Rule(Section):
 class Routing(Section):
     """How ``model: auto`` is resolved."""
 
-    default: str = Field(default="auto", description="Route for auto when no rule matches.")
+    default: str | None = Field(default=None, description="Route for auto when no rule "
+                                "matches; default: the first route.")
     rules: list[Rule] = Field(default_factory=list, description="Checked in order; first match "
                               "wins.")
 
@@ -189,13 +190,16 @@ class Plugins(Section):
 class Record(Section):
     """The request log."""
 
-    enabled: bool = True
+    enabled: bool = Field(default=True, description="Record every request.")
     path: str = Field(default="turnout.db", description="SQLite file (WAL); ':memory:' for none "
                       "on disk.")
 
 
 class Logging(Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Structured logs on standard error."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field(default="info",
+                                                                description="Lowest level logged.")
     format: Literal["json", "console"] = Field(default="json", description="'console' for humans.")
 
 
@@ -204,7 +208,7 @@ class Telemetry(Section):
 
     otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP traces endpoint, e.g. "
                                       "http://127.0.0.1:4318/v1/traces.")
-    service_name: str = "turnout"
+    service_name: str = Field(default="turnout", description="OpenTelemetry service.name.")
 
 
 class SimulatedModel(Section):
@@ -221,7 +225,7 @@ class SimulatedModel(Section):
 class Simulation(Section):
     """The simulated fleet served over local HTTP by providers of kind 'simulated'."""
 
-    host: str = "127.0.0.1"
+    host: str = Field(default="127.0.0.1", description="Address the fleet binds.")
     port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port.")
     models: dict[str, SimulatedModel] = Field(default_factory=dict, description="Upstream model "
                                               "ids the fleet serves, with their behaviour.")
@@ -230,16 +234,17 @@ class Simulation(Section):
 class Config(Section):
     """The whole configuration."""
 
-    server: Server = Field(default_factory=Server)
-    providers: dict[str, Provider] = Field(default_factory=dict)
-    models: dict[str, Model] = Field(default_factory=dict)
-    routes: dict[str, Route] = Field(default_factory=dict)
-    routing: Routing = Field(default_factory=Routing)
-    plugins: Plugins = Field(default_factory=Plugins)
-    record: Record = Field(default_factory=Record)
-    logging: Logging = Field(default_factory=Logging)
-    telemetry: Telemetry = Field(default_factory=Telemetry)
-    simulation: Simulation = Field(default_factory=Simulation)
+    server: Server = Field(default_factory=Server, description="The HTTP API.")
+    providers: dict[str, Provider] = Field(default_factory=dict, description="Upstreams by name.")
+    models: dict[str, Model] = Field(default_factory=dict, description="Models by the name "
+                                     "clients use.")
+    routes: dict[str, Route] = Field(default_factory=dict, description="Named routes.")
+    routing: Routing = Field(default_factory=Routing, description="How 'auto' is resolved.")
+    plugins: Plugins = Field(default_factory=Plugins, description="Extra and disabled plugins.")
+    record: Record = Field(default_factory=Record, description="The request log.")
+    logging: Logging = Field(default_factory=Logging, description="Log level and format.")
+    telemetry: Telemetry = Field(default_factory=Telemetry, description="Tracing export.")
+    simulation: Simulation = Field(default_factory=Simulation, description="The simulated fleet.")
     source: str | None = Field(default=None, exclude=True, description="(set by the loader)")
 
     @model_validator(mode="after")
@@ -258,7 +263,7 @@ class Config(Section):
         for i, rule in enumerate(self.routing.rules):
             if rule.route not in self.routes:
                 raise ValueError(f"routing.rules[{i}].route: no route {rule.route!r}")
-        if self.routes and self.routing.default not in self.routes:
+        if self.routing.default is not None and self.routing.default not in self.routes:
             raise ValueError(f"routing.default: no route {self.routing.default!r}; "
                              f"routes: {sorted(self.routes)}")
         if not self.server.api_keys and self.server.host not in LOOPBACK:
@@ -286,7 +291,7 @@ def load(path: str | os.PathLike | None = None, *, environ: dict[str, str] | Non
     if not path:
         from .defaults import embedded
 
-        return parse(embedded(environ), source="<embedded default>")
+        return parse(embedded(environ), source="<embedded default>", environ=environ)
     file = Path(path)
     try:
         text = file.read_text()

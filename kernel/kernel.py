@@ -157,11 +157,11 @@ class Kernel:
 
     def _resolve_model(self, ctx: Context) -> None:
         name = ctx.request.model
-        if name == AUTO:
-            ctx.route = AUTO
-        elif name in self.config.routes:
+        if name in self.config.routes:  # a route named 'auto' overrides the routers
             ctx.route = name
             ctx.candidates = self.route_models(name)
+        elif name == AUTO:
+            ctx.route = AUTO
         elif (model := self.models.get(name)) is not None:
             ctx.candidates = [model]
         else:

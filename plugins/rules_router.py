@@ -2,7 +2,7 @@
 
 A rule's ``when`` maps a label to a value (equality), a list of values (any of), or a comparison
 string: ``"> 0.6"``, ``">= 2000"``, ``"< 0.25"``, ``"<= 3"``, ``"!= chat"``. Every condition must
-hold; the first rule that matches wins, else ``routing.default``. A label the request lacks fails
+hold; the first rule that matches wins, else ``routing.default`` (the first route when unset). A label the request lacks fails
 the condition. With no routes configured at all, ``auto`` means every model, cheapest first.
 """
 
@@ -13,7 +13,6 @@ import re
 from typing import Any, Callable
 
 from turnout.kernel.config import Rule
-from turnout.kernel.errors import ConfigError
 from turnout.kernel.hookspecs import hookimpl
 from turnout.kernel.types import Context
 
@@ -61,6 +60,7 @@ class RulesRouter:
     def __init__(self) -> None:
         self.kernel = None
         self.rules: list[tuple[str, str, Callable]] = []
+        self.default: str | None = None
 
     @hookimpl
     def startup(self, kernel) -> None:
@@ -68,15 +68,13 @@ class RulesRouter:
         routing = kernel.config.routing
         self.rules = [(rule.name or f"rule {i + 1}", rule.route, compile_rule(rule))
                       for i, rule in enumerate(routing.rules)]
-        if kernel.config.routes and routing.default not in kernel.config.routes:
-            raise ConfigError(f"routing.default: no route {routing.default!r}")
+        self.default = routing.default or next(iter(kernel.config.routes), None)
 
     @hookimpl(tryfirst=True)
     def route(self, ctx: Context) -> None:
         """Pick the route for ``auto`` and load its models as candidates."""
         if ctx.route != "auto" or ctx.candidates:
             return None
-        config = self.kernel.config
         for name, target, matches in self.rules:
             if matches(ctx.labels):
                 ctx.decision["rule"] = name
@@ -84,8 +82,8 @@ class RulesRouter:
                 break
         else:
             ctx.decision["rule"] = "default"
-            ctx.route = config.routing.default
-        if ctx.route in config.routes:
+            ctx.route = self.default
+        if ctx.route is not None:
             ctx.candidates = self.kernel.route_models(ctx.route)
         else:  # no routes configured: every model, cheapest first
             ctx.candidates = sorted(self.kernel.models,
