@@ -5,7 +5,8 @@ escalate, record; then the process-level hooks startup, shutdown and alert.
 
 Every hook may be implemented as a plain function or as ``async def``; the kernel awaits what is
 awaitable. Implementations take only the arguments they name, so hooks can gain arguments without
-breaking plugins. Pluggy's ``tryfirst``/``trylast`` order implementations; ``wrapper`` and
+breaking plugins. ``tryfirst``/``trylast`` order implementations, and within the same mark the
+plugin registered last is called first (built-ins, then entry points, then config paths); ``wrapper`` and
 ``hookwrapper`` implementations are refused (they would see un-awaited coroutines), so timing and
 tracing live in the kernel.
 

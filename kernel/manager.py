@@ -90,12 +90,19 @@ class PluginManager:
         return self.pm.get_plugin(name)
 
     def impls(self, hook: str) -> tuple[Impl, ...]:
-        """Implementations of ``hook`` in call order (tryfirst first, then last registered first)."""
+        """Implementations of ``hook`` in call order: ``tryfirst``, plain, ``trylast``; within
+        each group the plugin registered last is called first.
+
+        This is pluggy's order except among ``trylast`` implementations, which pluggy calls
+        earliest-registered first; here they follow the same rule as the other groups, so a
+        plugin's trylast strategy is asked before the built-in one.
+        """
         cached = self._impls.get(hook)
         if cached is None:
-            cached = tuple(
-                Impl(i.plugin_name, i.function, tuple(i.argnames))
-                for i in reversed(getattr(self.pm.hook, hook).get_hookimpls()))
+            ordered = list(reversed(getattr(self.pm.hook, hook).get_hookimpls()))
+            last = [i for i in ordered if i.trylast]
+            ordered = [i for i in ordered if not i.trylast] + last[::-1]
+            cached = tuple(Impl(i.plugin_name, i.function, tuple(i.argnames)) for i in ordered)
             self._impls[hook] = cached
         return cached
 

@@ -163,3 +163,21 @@ def test_classes_are_instantiated_per_manager() -> None:
     for pm in (a, b):
         pm.load(builtins={"fallback": "turnout.plugins.fallback:Fallback"})
     assert a.get("fallback") is not b.get("fallback")
+
+
+async def test_within_a_mark_the_plugin_registered_last_is_called_first() -> None:
+    order = []
+
+    def plugin(tag: str, **mark):
+        class P:
+            @hookimpl(**mark)
+            def classify(self):
+                order.append(tag)
+        return P()
+
+    pm = PluginManager()
+    for tag, mark in (("last-1", {"trylast": True}), ("plain-1", {}), ("first-1", {"tryfirst": True}),
+                      ("last-2", {"trylast": True}), ("plain-2", {}), ("first-2", {"tryfirst": True})):
+        pm.register(plugin(tag, **mark), name=tag)
+    assert [i.plugin for i in pm.impls("classify")] == [
+        "first-2", "first-1", "plain-2", "plain-1", "last-2", "last-1"]

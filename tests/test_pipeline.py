@@ -6,92 +6,15 @@ tests drive the same paths over real HTTP.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from turnout.kernel import errors
 from turnout.kernel.config import parse
-from turnout.kernel.hookspecs import hookimpl
 from turnout.kernel.kernel import Kernel
-from turnout.kernel.types import Alert, ChatRequest, Chunk, Completion, Usage
+
+from .support import ROUTING, ask, kernel_for
 
 pytestmark = pytest.mark.anyio
-
-ROUTING = {
-    "classify": "turnout.plugins.classify",
-    "rules_router": "turnout.plugins.rules_router:RulesRouter",
-    "fit": "turnout.plugins.fit",
-    "fallback": "turnout.plugins.fallback:Fallback",
-    "json_validator": "turnout.plugins.json_validator",
-}
-
-
-class Scripted:
-    """A provider plugin answering from a per-model script of outcomes."""
-
-    def __init__(self, script: dict[str, list[Any]]) -> None:
-        self.script = script
-        self.calls: list[str] = []
-
-    @hookimpl
-    async def call(self, ctx, step):
-        self.calls.append(step.model.name)
-        outcome = self.script[step.model.name].pop(0)
-        if isinstance(outcome, Exception):
-            raise outcome
-        if ctx.request.stream:
-            return _stream(outcome)
-        return Completion(content=outcome, usage=Usage(10, 5))
-
-
-async def _stream(outcome):
-    for part in outcome:
-        if isinstance(part, Exception):
-            raise part
-        yield Chunk(content=part)
-    yield Chunk(finish_reason="stop", usage=Usage(10, len(outcome)))
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.records = []
-        self.alerts: list[Alert] = []
-
-    @hookimpl
-    def record(self, ctx):
-        self.records.append((ctx.request_id, ctx.status, [a.status for a in ctx.attempts]))
-
-    @hookimpl
-    def alert(self, alert):
-        self.alerts.append(alert)
-
-
-def kernel_for(script, route: dict | None = None, models: dict | None = None):
-    config = parse({
-        "providers": {"p": {"kind": "openai-compatible", "base_url": "http://127.0.0.1:9/v1"}},
-        "models": models or {
-            "small": {"provider": "p", "context_window": 2000, "input_price": 1,
-                      "output_price": 2},
-            "big": {"provider": "p", "context_window": 100_000, "input_price": 10,
-                    "output_price": 20},
-        },
-        "routes": {"chain": {"models": ["small", "big"], "retry_after_cap_s": 0.2,
-                             **(route or {})}},
-        "routing": {"default": "chain"},
-        "record": {"enabled": False},
-    }, source="test")
-    kernel = Kernel(config, builtins=ROUTING)
-    kernel.load_plugins()
-    provider, recorder = Scripted(script), Recorder()
-    kernel.plugins.register(provider, name="scripted")
-    kernel.plugins.register(recorder, name="recorder")
-    return kernel, provider, recorder
-
-
-def ask(text="hello", model="auto", **kw) -> ChatRequest:
-    return ChatRequest(model=model, messages=[{"role": "user", "content": text}], **kw)
-
 
 async def test_answer_costs_from_usage_and_decision_is_recorded() -> None:
     kernel, provider, recorder = kernel_for({"small": ["hi there"]})

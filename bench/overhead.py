@@ -1,0 +1,232 @@
+"""The gateway's own overhead: the same client calls a local upstream directly and through Turnout.
+
+Starts ``bench/upstream.py`` (a lean OpenAI-format server) and ``turnout serve`` with one worker,
+then drives both with one httpx client: sequential requests (concurrency 1) for latency, and
+``--concurrency`` workers for throughput. ``--litellm`` adds LiteLLM's proxy in front of the same
+upstream when it is installed (``pip install 'litellm[proxy]'``; run offline with
+``LITELLM_LOCAL_MODEL_COST_MAP=True``).
+
+The last line of output is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+BODY = {"model": "bench-model", "max_tokens": 16,
+        "messages": [{"role": "user", "content": "What is the answer to everything?"}]}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def process(argv: list[str], ready_url: str, env: dict | None = None, timeout: float = 60):
+    """Run a server process until the block ends; wait until ``ready_url`` answers 200."""
+    proc = subprocess.Popen(argv, env={**os.environ, **(env or {})},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{argv[0]} exited: {proc.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(ready_url, timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{' '.join(argv)} did not become ready at {ready_url}")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process and its children, from /proc."""
+    total = 0
+    pids = [pid]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(c) for c in children]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return round(total / 1024, 1)
+
+
+async def drive(url: str, headers: dict, concurrency: int, requests: int) -> dict:
+    """Send ``requests`` requests with ``concurrency`` workers; latency percentiles and req/s."""
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=30, headers=headers) as client:
+        for _ in range(min(50, requests)):  # warm the connection pool
+            (await client.post(url, json=BODY)).raise_for_status()
+        remaining = requests
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                start = time.perf_counter()
+                response = await client.post(url, json=BODY)
+                latencies.append(time.perf_counter() - start)
+                if response.status_code != 200:
+                    raise RuntimeError(f"{url}: {response.status_code} {response.text[:300]}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {"p50_ms": 1000 * statistics.median(latencies),
+            "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+            "rps": requests / elapsed}
+
+
+def measure(url: str, args: argparse.Namespace, headers: dict | None = None) -> dict:
+    one = asyncio.run(drive(url, headers or {}, 1, args.requests))
+    many = asyncio.run(drive(url, headers or {}, args.concurrency, args.requests * 2))
+    return {"c1": one, "cN": many}
+
+
+def turnout_config(tmp: Path, upstream: str) -> Path:
+    path = tmp / "bench.toml"
+    path.write_text(f"""
+[providers.upstream]
+kind = "openai-compatible"
+base_url = "{upstream}"
+
+[models.bench-model]
+provider = "upstream"
+input_price = 1.0
+output_price = 2.0
+
+[record]
+path = "{tmp / 'bench.db'}"
+
+[logging]
+level = "warning"
+""")
+    return path
+
+
+def litellm_config(tmp: Path, upstream: str) -> Path:
+    path = tmp / "litellm.yaml"
+    path.write_text(f"""model_list:
+  - model_name: bench-model
+    litellm_params:
+      model: openai/bench-model
+      api_base: {upstream}
+      api_key: unused
+litellm_settings:
+  drop_params: true
+""")
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=1000,
+                        help="requests at concurrency 1 (twice as many at --concurrency)")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--upstream-delay-ms", type=float, default=0.0,
+                        help="the upstream's think time per request (0: pure overhead)")
+    parser.add_argument("--litellm", action="store_true", help="add LiteLLM's proxy side by side")
+    args = parser.parse_args()
+
+    py = sys.executable
+    turnout = shutil.which("turnout", path=str(Path(py).parent)) or "turnout"
+    figures: dict = {}
+    with tempfile.TemporaryDirectory() as tmpdir, ExitStack() as stack:
+        tmp = Path(tmpdir)
+        up_port, gw_port = free_port(), free_port()
+        upstream = f"http://127.0.0.1:{up_port}/v1"
+        stack.enter_context(process(
+            [py, str(HERE / "upstream.py"), "--port", str(up_port),
+             "--delay-ms", str(args.upstream_delay_ms)], f"{upstream}/models"))
+        gateway = stack.enter_context(process(
+            [turnout, "serve", "--config", str(turnout_config(tmp, upstream)),
+             "--port", str(gw_port)], f"http://127.0.0.1:{gw_port}/readyz"))
+
+        direct = measure(f"{upstream}/chat/completions", args)
+        through = measure(f"http://127.0.0.1:{gw_port}/v1/chat/completions", args)
+        figures = {
+            "direct_p50_ms": round(direct["c1"]["p50_ms"], 3),
+            "turnout_p50_ms": round(through["c1"]["p50_ms"], 3),
+            "overhead_p50_ms": round(through["c1"]["p50_ms"] - direct["c1"]["p50_ms"], 3),
+            "overhead_p99_ms": round(through["c1"]["p99_ms"] - direct["c1"]["p99_ms"], 3),
+            "direct_rps": round(direct["cN"]["rps"], 1),
+            "turnout_rps": round(through["cN"]["rps"], 1),
+            "throughput_ratio": round(through["cN"]["rps"] / direct["cN"]["rps"], 3),
+            "rss_mb": rss_mb(gateway.pid),
+            "concurrency": args.concurrency,
+            "upstream_delay_ms": args.upstream_delay_ms,
+        }
+        if args.litellm:
+            figures.update(run_litellm(tmp, upstream, args, direct, stack))
+    print(f"direct      p50 {figures['direct_p50_ms']:.3f} ms   {figures['direct_rps']:.0f} req/s"
+          f" at concurrency {args.concurrency}")
+    print(f"turnout     p50 {figures['turnout_p50_ms']:.3f} ms   {figures['turnout_rps']:.0f} "
+          f"req/s   overhead p50 {figures['overhead_p50_ms']:.3f} ms, p99 "
+          f"{figures['overhead_p99_ms']:.3f} ms, ratio {figures['throughput_ratio']:.2f}")
+    if "litellm_overhead_p50_ms" in figures:
+        print(f"litellm     overhead p50 {figures['litellm_overhead_p50_ms']:.3f} ms, ratio "
+              f"{figures['litellm_throughput_ratio']:.2f}")
+    elif args.litellm:
+        print(f"litellm     not measured: {figures.get('litellm_skipped')}")
+    print(json.dumps(figures))
+
+
+def run_litellm(tmp: Path, upstream: str, args, direct: dict, stack: ExitStack) -> dict:
+    """LiteLLM's proxy, one worker, in front of the same upstream; skipped if not installed."""
+    litellm = shutil.which("litellm", path=str(Path(sys.executable).parent)) or shutil.which("litellm")
+    if litellm is None:
+        return {"litellm_skipped": "litellm is not installed (pip install 'litellm[proxy]')"}
+    port = free_port()
+    stack.enter_context(process(
+        [litellm, "--config", str(litellm_config(tmp, upstream)), "--port", str(port),
+         "--num_workers", "1"], f"http://127.0.0.1:{port}/health/liveliness",
+        env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR"}, timeout=180))
+    through = measure(f"http://127.0.0.1:{port}/v1/chat/completions", args,
+                      headers={"Authorization": "Bearer unused"})
+    return {
+        "litellm_p50_ms": round(through["c1"]["p50_ms"], 3),
+        "litellm_overhead_p50_ms": round(through["c1"]["p50_ms"] - direct["c1"]["p50_ms"], 3),
+        "litellm_overhead_p99_ms": round(through["c1"]["p99_ms"] - direct["c1"]["p99_ms"], 3),
+        "litellm_rps": round(through["cN"]["rps"], 1),
+        "litellm_throughput_ratio": round(through["cN"]["rps"] / direct["cN"]["rps"], 3),
+    }
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""An example third-party Turnout plugin package: a provider and a router."""
