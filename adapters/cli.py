@@ -112,7 +112,7 @@ def serve(args: argparse.Namespace) -> int:
     print(f"turnout: serving on http://{server.host}:{server.port}/v1 "
           f"({config.source}); {note}", file=sys.stderr, flush=True)
     uvicorn.run(create_app(kernel), host=server.host, port=server.port, log_level="warning",
-                access_log=False, loop="auto", http="auto", lifespan="on")
+                access_log=False, log_config=None, lifespan="on")
     return 0
 
 

@@ -36,7 +36,7 @@ def embedded(environ: Mapping[str, str]) -> dict[str, Any]:
     """The default config tree, with real providers for the keys present in ``environ``."""
     models: dict[str, Any] = {}
     providers: dict[str, Any] = {"fleet": {"kind": "simulated"}}
-    for name, (tier, latency, errors, limited, quality, pin, pout, tps) in SIMULATED.items():
+    for name, (tier, _, _, _, _, pin, pout, _) in SIMULATED.items():
         models[name] = {"provider": "fleet", "context_window": 32_000 * (tier + 1),
                         "input_price": pin, "output_price": pout, "tier": tier,
                         "description": f"simulated tier {tier}"}

@@ -18,7 +18,7 @@ from opentelemetry import trace
 from . import config as config_module
 from .config import Config
 from .errors import (NoRoute, PluginError, ProviderError, ProviderTimeout, StreamBroken,
-                     TurnoutError, UnknownModel, ValidationFailed)
+                     UnknownModel, ValidationFailed)
 from .manager import PluginManager
 from .registry import ModelRegistry
 from .types import (Alert, Attempt, ChatRequest, Chunk, Completion, Context, Escalation,
