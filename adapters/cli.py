@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 
 import anyio
 
@@ -49,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="summarise the request record")
     stats.add_argument("--config", help="config file (for record.path)")
     stats.add_argument("--db", help="SQLite record file (default: record.path)")
+    stats.add_argument("--since", metavar="AGE", help="only requests newer than AGE: 30m, 24h, 7d")
     stats.add_argument("--json", action="store_true", help="print JSON")
 
     keys = sub.add_parser("keys", help="API key tools")
@@ -129,11 +131,25 @@ async def explain(args: argparse.Namespace) -> dict:
         return await kernel.explain(kernel.context(request))
 
 
+AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_age(text: str) -> float:
+    """Seconds in an age such as ``30m``, ``24h`` or ``7d``."""
+    number, unit = text[:-1], text[-1:]
+    try:
+        return float(number) * AGE_UNITS[unit]
+    except (ValueError, KeyError):
+        raise BadRequest(f"--since {text!r}: write a number and a unit (s, m, h, d), "
+                         "e.g. 24h") from None
+
+
 def stats(args: argparse.Namespace) -> int:
     from turnout.plugins.sqlite_recorder import render_stats, summarize
 
     path = args.db or config_module.load(args.config).record.path
-    summary = summarize(path)
+    since = time.time() - parse_age(args.since) if args.since else None
+    summary = summarize(path, since=since)
     print(json.dumps(summary, indent=2) if args.json else render_stats(summary))
     return 0
 
