@@ -14,6 +14,8 @@ import httpx
 from turnout.kernel.config import Provider
 from turnout.kernel.types import ChatRequest, Chunk, Completion, ModelProfile
 
+from .errors import config_secrets
+
 
 class ProviderAdapter:
     """Base of the adapters; ``kind`` is the config's ``providers.NAME.kind``."""
@@ -26,6 +28,8 @@ class ProviderAdapter:
         self.name = name
         self.config = config
         self.base_url = (base_url or config.base_url or self.default_base_url or "").rstrip("/")
+        self.secrets = config_secrets(config)
+        """Credential values to mask in any message this adapter builds."""
         self.client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(connect=config.timeout.connect, read=config.timeout.read,
                                   write=config.timeout.write, pool=config.timeout.pool),

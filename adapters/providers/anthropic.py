@@ -1,0 +1,342 @@
+"""Anthropic's Messages API, translated to and from the canonical OpenAI format.
+
+Requests: system and developer messages become the top-level ``system``; assistant tool calls
+become ``tool_use`` blocks and tool messages ``tool_result`` blocks in a user turn; tools, tool
+choice, stop sequences and images are carried over; JSON mode, which the API lacks, becomes an
+instruction in the system prompt. Answers and SSE events come back as OpenAI-shaped completions
+and chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+from httpx_sse import aconnect_sse
+
+from turnout.kernel.errors import (ContentPolicy, ProviderBadRequest, ProviderUnavailable,
+                                   StreamBroken)
+from turnout.kernel.types import ChatRequest, Chunk, Completion, Message, ModelProfile, Usage
+
+from .base import ProviderAdapter
+from .errors import (araise_for_status, map_exceptions, parse_json,
+                     raise_for_status, stream_error, transport_error)
+
+DEFAULT_VERSION = "2023-06-01"
+"""The ``anthropic-version`` header sent when the config gives no ``api_version``."""
+
+DEFAULT_MAX_TOKENS = 4096
+"""Anthropic requires ``max_tokens``; used when neither the request nor the model sets one."""
+
+_STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop",
+                 "max_tokens": "length", "model_context_window_exceeded": "length",
+                 "tool_use": "tool_calls"}
+
+JSON_INSTRUCTION = ("Answer with one JSON value only: no prose before or after it and no code "
+                    "fences.")
+
+
+class AnthropicAdapter(ProviderAdapter):
+    """Anthropic: ``POST {base_url}/v1/messages`` with ``x-api-key`` and ``anthropic-version``."""
+
+    kind = "anthropic"
+    default_base_url = "https://api.anthropic.com"
+
+    @property
+    def url(self) -> str:
+        """Where messages are posted."""
+        return f"{self.base_url}/v1/messages"
+
+    def headers(self) -> dict[str, str]:
+        """Request headers: JSON, the API version, the key when configured, then extra headers."""
+        headers = {"content-type": "application/json",
+                   "anthropic-version": self.config.api_version or DEFAULT_VERSION}
+        if self.config.api_key is not None and self.config.api_key.get_secret_value():
+            headers["x-api-key"] = self.config.api_key.get_secret_value()
+        headers.update(self.config.headers)
+        return headers
+
+    def payload(self, request: ChatRequest, model: ModelProfile, *, stream: bool) -> dict[str, Any]:
+        """The Messages API body for ``request``."""
+        try:
+            return to_messages_request(request, model, stream=stream)
+        except ValueError as exc:
+            raise ProviderBadRequest(f"{self.name} cannot take this request: {exc}",
+                                     provider=self.name, model=model.name) from None
+
+    async def complete(self, request: ChatRequest, model: ModelProfile) -> Completion:
+        """Send a non-streaming request and return the whole answer."""
+        body = orjson.dumps(self.payload(request, model, stream=False))
+        with map_exceptions(self.name, model.name):
+            response = await self.client.post(self.url, content=body, headers=self.headers())
+        raise_for_status(response, self.name, model.name, secrets=self.secrets)
+        data = parse_json(response.content, self.name, model.name)
+        if not isinstance(data, dict) or not isinstance(data.get("content"), list):
+            raise ProviderUnavailable(f"{self.name} sent an answer that is not a message",
+                                      provider=self.name, model=model.name)
+        if data.get("stop_reason") == "refusal":
+            raise _refusal(self.name, model.name)
+        return to_completion(data, model=model.name, provider=self.name)
+
+    async def stream(self, request: ChatRequest, model: ModelProfile) -> AsyncIterator[Chunk]:
+        """Send a streaming request; translate Anthropic's events into OpenAI-style chunks, the
+        last one carrying the finish reason and usage. A stream ending before ``message_stop``,
+        or carrying an ``error`` event, raises."""
+        body = orjson.dumps(self.payload(request, model, stream=True))
+        started = stopped = emitted = False
+        input_tokens = output_tokens = 0
+        stop_reason: str | None = None
+        tools: dict[int, int] = {}      # content block index -> tool call index
+        has_args: dict[int, bool] = {}  # content block index -> any argument text seen
+        try:
+            async with aconnect_sse(self.client, "POST", self.url, content=body,
+                                    headers=self.headers()) as source:
+                await araise_for_status(source.response, self.name, model.name,
+                                        secrets=self.secrets)
+                started = True
+                async for event in source.aiter_sse():
+                    if not event.data.strip():
+                        continue
+                    data = parse_json(event.data, self.name, model.name, mid_stream=True)
+                    if not isinstance(data, dict):
+                        continue
+                    kind = data.get("type") or event.event
+                    if kind == "error" or event.event == "error":
+                        raise stream_error(data, self.name, model.name, secrets=self.secrets)
+                    chunk: Chunk | None = None
+                    if kind == "message_start":
+                        usage = (data.get("message") or {}).get("usage") or {}
+                        input_tokens = _input_tokens(usage)
+                        output_tokens = int(usage.get("output_tokens") or 0)
+                    elif kind == "content_block_start":
+                        block = data.get("content_block") or {}
+                        if block.get("type") == "tool_use":
+                            index = tools[data.get("index", 0)] = len(tools)
+                            has_args[data.get("index", 0)] = False
+                            chunk = Chunk(tool_calls=[{
+                                "index": index, "id": block.get("id"), "type": "function",
+                                "function": {"name": block.get("name", ""), "arguments": ""}}])
+                        elif block.get("type") == "text" and block.get("text"):
+                            chunk = Chunk(content=block["text"])
+                    elif kind == "content_block_delta":
+                        delta = data.get("delta") or {}
+                        if delta.get("type") == "text_delta" and delta.get("text"):
+                            chunk = Chunk(content=delta["text"])
+                        elif delta.get("type") == "input_json_delta" and delta.get("partial_json"):
+                            block_index = data.get("index", 0)
+                            if block_index in tools:
+                                has_args[block_index] = True
+                                chunk = Chunk(tool_calls=[{
+                                    "index": tools[block_index],
+                                    "function": {"arguments": delta["partial_json"]}}])
+                    elif kind == "content_block_stop":
+                        block_index = data.get("index", 0)
+                        if block_index in tools and not has_args[block_index]:
+                            # A tool called without input: OpenAI clients expect "{}".
+                            chunk = Chunk(tool_calls=[{"index": tools[block_index],
+                                                       "function": {"arguments": "{}"}}])
+                    elif kind == "message_delta":
+                        stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
+                        usage = data.get("usage") or {}
+                        output_tokens = int(usage.get("output_tokens") or output_tokens)
+                        if usage.get("input_tokens") is not None:
+                            input_tokens = _input_tokens(usage)
+                        if stop_reason == "refusal" and not emitted:
+                            raise _refusal(self.name, model.name)
+                    elif kind == "message_stop":
+                        stopped = True
+                        break
+                    if chunk is not None:
+                        if not emitted:
+                            chunk.role = "assistant"
+                        emitted = True
+                        yield chunk
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self.name, model.name, mid_stream=started) from None
+        if not stopped:
+            raise StreamBroken(f"{self.name} cut the stream before message_stop",
+                               provider=self.name, model=model.name)
+        finish = "content_filter" if stop_reason == "refusal" else _STOP_REASONS.get(
+            stop_reason or "end_turn", "stop")
+        yield Chunk(finish_reason=finish, usage=Usage(input_tokens, output_tokens),
+                    role=None if emitted else "assistant")
+
+
+# --- translation -------------------------------------------------------------------------------
+
+
+def to_messages_request(request: ChatRequest, model: ModelProfile, *,
+                        stream: bool = False) -> dict[str, Any]:
+    """Translate an OpenAI chat request into an Anthropic Messages API body.
+
+    Raises ValueError for what cannot be expressed (tool-call arguments that are not JSON).
+    """
+    system: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for message in request.messages:
+        if message.role in ("system", "developer"):
+            if message.text():
+                system.append(message.text())
+        elif message.role == "tool":
+            _add_turn(turns, "user", [{"type": "tool_result", "tool_use_id": message.tool_call_id,
+                                       "content": _tool_result_content(message)}])
+        elif message.role == "assistant":
+            blocks = _content_blocks(message.content)
+            for call in message.tool_calls or []:
+                blocks.append(_tool_use(call))
+            _add_turn(turns, "assistant", blocks)
+        else:  # user, and the legacy "function" role read as plain user text
+            _add_turn(turns, "user", _content_blocks(message.content))
+    for turn in turns:
+        if len(turn["content"]) == 1 and turn["content"][0]["type"] == "text":
+            turn["content"] = turn["content"][0]["text"]
+
+    if request.wants_json:
+        system.append(_json_instruction(request.response_format or {}))
+    limit = request.output_limit
+    if limit and model.max_output_tokens:
+        limit = min(limit, model.max_output_tokens)
+    body: dict[str, Any] = {"model": model.upstream, "messages": turns,
+                            "max_tokens": limit or model.max_output_tokens or DEFAULT_MAX_TOKENS}
+    if system:
+        body["system"] = "\n\n".join(system)
+    if request.temperature is not None:
+        # Anthropic's range is 0..1 where OpenAI's is 0..2; higher values are capped, not refused.
+        body["temperature"] = min(request.temperature, 1.0)
+    if request.top_p is not None:
+        body["top_p"] = request.top_p
+    if request.stop:
+        body["stop_sequences"] = [request.stop] if isinstance(request.stop, str) else request.stop
+    if request.user:
+        body["metadata"] = {"user_id": request.user}
+    tools = [_tool(t) for t in request.tools or [] if t.get("type", "function") == "function"]
+    if tools:
+        body["tools"] = tools
+        choice = _tool_choice(request.tool_choice)
+        if getattr(request, "parallel_tool_calls", None) is False:
+            choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
+        if choice:
+            body["tool_choice"] = choice
+    if stream:
+        body["stream"] = True
+    return body
+
+
+def to_completion(data: dict[str, Any], *, model: str, provider: str) -> Completion:
+    """Translate an Anthropic message into a completion in OpenAI form."""
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for block in data.get("content") or []:
+        if block.get("type") == "text":
+            texts.append(block.get("text", ""))
+        elif block.get("type") == "tool_use":
+            arguments = orjson.dumps(block.get("input") or {}).decode()
+            calls.append({"id": block.get("id"), "type": "function",
+                          "function": {"name": block.get("name", ""), "arguments": arguments}})
+    usage = data.get("usage") or {}
+    return Completion(
+        content="".join(texts) if texts or not calls else None,
+        finish_reason=_STOP_REASONS.get(data.get("stop_reason") or "end_turn", "stop"),
+        tool_calls=calls or None,
+        usage=Usage(_input_tokens(usage), int(usage.get("output_tokens") or 0)),
+        model=model, provider=provider)
+
+
+def _add_turn(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
+    """Append blocks as a turn, merged into the previous one when the role repeats."""
+    if not blocks:
+        return
+    if turns and turns[-1]["role"] == role:
+        turns[-1]["content"].extend(blocks)
+    else:
+        turns.append({"role": role, "content": list(blocks)})
+
+
+def _content_blocks(content: str | list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """OpenAI message content as Anthropic blocks: text and images; empty text is dropped."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    blocks: list[dict[str, Any]] = []
+    for part in content or []:
+        if part.get("type") == "text" and part.get("text"):
+            blocks.append({"type": "text", "text": part["text"]})
+        elif part.get("type") == "image_url":
+            image = _image(part.get("image_url"))
+            if image:
+                blocks.append(image)
+    return blocks
+
+
+def _image(ref: Any) -> dict[str, Any] | None:
+    """An ``image_url`` part as an Anthropic image block (data URLs inline, others by URL)."""
+    url = ref.get("url") if isinstance(ref, dict) else ref
+    if not isinstance(url, str) or not url:
+        return None
+    if url.startswith("data:"):
+        header, _, data = url[5:].partition(",")
+        media_type, _, encoding = header.partition(";")
+        if encoding != "base64" or not data:
+            return None
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type,
+                                            "data": data}}
+    return {"type": "image", "source": {"type": "url", "url": url}}
+
+
+def _tool_result_content(message: Message) -> str | list[dict[str, Any]]:
+    if isinstance(message.content, list):
+        return [b for b in _content_blocks(message.content) if b["type"] == "text"]
+    return message.content or ""
+
+
+def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
+    fn = call.get("function") or {}
+    arguments = fn.get("arguments") or "{}"
+    try:
+        value = orjson.loads(arguments) if isinstance(arguments, str) else arguments
+    except orjson.JSONDecodeError:
+        raise ValueError(f"the arguments of tool call {call.get('id')!r} are not JSON") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"the arguments of tool call {call.get('id')!r} are not a JSON object")
+    return {"type": "tool_use", "id": call.get("id"), "name": fn.get("name", ""), "input": value}
+
+
+def _tool(tool: dict[str, Any]) -> dict[str, Any]:
+    fn = tool.get("function") or {}
+    out: dict[str, Any] = {"name": fn.get("name", ""),
+                           "input_schema": fn.get("parameters") or {"type": "object",
+                                                                    "properties": {}}}
+    if fn.get("description"):
+        out["description"] = fn["description"]
+    return out
+
+
+def _tool_choice(choice: str | dict[str, Any] | None) -> dict[str, Any] | None:
+    if choice is None:
+        return None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        return {"type": "tool", "name": name} if name else None
+    return {"auto": {"type": "auto"}, "none": {"type": "none"},
+            "required": {"type": "any"}}.get(choice)
+
+
+def _json_instruction(response_format: dict[str, Any]) -> str:
+    if response_format.get("type") == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if schema:
+            return (JSON_INSTRUCTION + " It must validate against this JSON Schema:\n"
+                    + orjson.dumps(schema).decode())
+    return JSON_INSTRUCTION
+
+
+def _input_tokens(usage: dict[str, Any]) -> int:
+    """Prompt tokens: Anthropic counts cache writes and reads apart from ``input_tokens``."""
+    return sum(int(usage.get(k) or 0) for k in (
+        "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+
+
+def _refusal(provider: str, model: str) -> ContentPolicy:
+    return ContentPolicy(f"{provider} refused to answer (stop_reason 'refusal')",
+                         provider=provider, model=model)

@@ -1,0 +1,162 @@
+"""OpenAI Chat Completions upstreams: api.openai.com and every server that speaks its protocol.
+
+The canonical request is already in this format, so the adapter only swaps in the upstream model
+id, asks streams to report usage, and parses answers and SSE chunks back into kernel types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+from httpx_sse import aconnect_sse
+
+from turnout.kernel.errors import ContentPolicy, ProviderUnavailable, StreamBroken
+from turnout.kernel.types import ChatRequest, Chunk, Completion, ModelProfile, Usage
+
+from .base import ProviderAdapter
+from .errors import (araise_for_status, error_for_status, map_exceptions,
+                     parse_json, raise_for_status, scrub, stream_error, transport_error)
+
+
+class OpenAIAdapter(ProviderAdapter):
+    """The OpenAI API: ``POST {base_url}/chat/completions`` with Bearer auth."""
+
+    kind = "openai"
+    default_base_url = "https://api.openai.com/v1"
+
+    @property
+    def url(self) -> str:
+        """Where chat completions are posted."""
+        return f"{self.base_url}/chat/completions"
+
+    def headers(self) -> dict[str, str]:
+        """Request headers: JSON, Bearer auth when a key is configured, then extra headers."""
+        headers = {"content-type": "application/json"}
+        if self.config.api_key is not None and self.config.api_key.get_secret_value():
+            headers["authorization"] = f"Bearer {self.config.api_key.get_secret_value()}"
+        headers.update(self.config.headers)
+        return headers
+
+    def payload(self, request: ChatRequest, model: ModelProfile, *, stream: bool) -> dict[str, Any]:
+        """The request as sent upstream: every field the client gave, with the upstream model id;
+        streams ask for a final usage chunk."""
+        payload = request.model_dump(exclude_none=True)
+        payload["model"] = model.upstream
+        payload["stream"] = stream
+        if stream:
+            payload["stream_options"] = {**(payload.get("stream_options") or {}),
+                                         "include_usage": True}
+        else:
+            payload.pop("stream_options", None)
+        return payload
+
+    async def complete(self, request: ChatRequest, model: ModelProfile) -> Completion:
+        """Send a non-streaming request and return the whole answer."""
+        body = orjson.dumps(self.payload(request, model, stream=False))
+        with map_exceptions(self.name, model.name):
+            response = await self.client.post(self.url, content=body, headers=self.headers())
+        raise_for_status(response, self.name, model.name, secrets=self.secrets)
+        data = parse_json(response.content, self.name, model.name)
+        return self._completion(data, model)
+
+    def _completion(self, data: Any, model: ModelProfile) -> Completion:
+        if not isinstance(data, dict):
+            raise ProviderUnavailable(f"{self.name} sent an answer that is not a JSON object",
+                                      provider=self.name, model=model.name)
+        if data.get("error") or data.get("object") == "error":
+            # Some compatible servers (OpenRouter among them) report failures inside a 200.
+            error = data.get("error") if isinstance(data.get("error"), dict) else data
+            code = error.get("code")
+            status = code if isinstance(code, int) and 400 <= code <= 599 else 502
+            raise error_for_status(status, {}, orjson.dumps(data), self.name, model.name,
+                                   secrets=self.secrets)
+        choices = data.get("choices") or []
+        if not choices:
+            raise ProviderUnavailable(f"{self.name} sent an answer without choices",
+                                      provider=self.name, model=model.name)
+        choice = choices[0]
+        message = choice.get("message") or {}
+        content = message.get("content")
+        tool_calls = message.get("tool_calls") or None
+        finish = choice.get("finish_reason") or "stop"
+        if not content and not tool_calls and (message.get("refusal")
+                                               or finish == "content_filter"):
+            reason = scrub(message.get("refusal") or "the answer was filtered", self.secrets)
+            raise ContentPolicy(f"{self.name} refused: {reason}", provider=self.name,
+                                model=model.name)
+        return Completion(content=content, finish_reason=finish, tool_calls=tool_calls,
+                          usage=_usage(data.get("usage")), model=model.name, provider=self.name)
+
+    async def stream(self, request: ChatRequest, model: ModelProfile) -> AsyncIterator[Chunk]:
+        """Send a streaming request; yield content and tool-call deltas, then one final chunk with
+        the finish reason and usage. A stream that ends early or carries an error raises."""
+        body = orjson.dumps(self.payload(request, model, stream=True))
+        started = done = False
+        finish: str | None = None
+        usage: Usage | None = None
+        role: str | None = None
+        emitted = False
+        refusal: list[str] = []
+        try:
+            async with aconnect_sse(self.client, "POST", self.url, content=body,
+                                    headers=self.headers()) as source:
+                await araise_for_status(source.response, self.name, model.name,
+                                        secrets=self.secrets)
+                started = True
+                async for event in source.aiter_sse():
+                    if event.data.strip() == "[DONE]":
+                        done = True
+                        break
+                    if not event.data.strip():
+                        continue
+                    data = parse_json(event.data, self.name, model.name, mid_stream=True)
+                    if not isinstance(data, dict):
+                        continue
+                    if data.get("error") or data.get("object") == "error":
+                        raise stream_error(data, self.name, model.name, secrets=self.secrets)
+                    if data.get("usage"):
+                        usage = _usage(data["usage"])
+                    for choice in data.get("choices") or []:
+                        if choice.get("index", 0) != 0:
+                            continue
+                        delta = choice.get("delta") or {}
+                        role = role or delta.get("role")
+                        finish = choice.get("finish_reason") or finish
+                        if delta.get("refusal"):
+                            refusal.append(delta["refusal"])
+                        content = delta.get("content") or None
+                        tool_calls = delta.get("tool_calls") or None
+                        if content is None and tool_calls is None:
+                            continue
+                        yield Chunk(content=content, tool_calls=tool_calls,
+                                    role=None if emitted else role or "assistant")
+                        emitted = True
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self.name, model.name, mid_stream=started) from None
+        if not done and finish is None:
+            raise StreamBroken(f"{self.name} cut the stream before it finished",
+                               provider=self.name, model=model.name)
+        if not emitted and (refusal or finish == "content_filter"):
+            reason = scrub("".join(refusal) or "the answer was filtered", self.secrets)
+            raise ContentPolicy(f"{self.name} refused: {reason}", provider=self.name,
+                                model=model.name)
+        yield Chunk(finish_reason=finish or "stop", usage=usage,
+                    role=None if emitted else role or "assistant")
+
+
+class OpenAICompatibleAdapter(OpenAIAdapter):
+    """Servers that speak OpenAI's protocol at another ``base_url``: vLLM, Ollama, llama.cpp,
+    OpenRouter. The API key is optional; without one no Authorization header is sent."""
+
+    kind = "openai-compatible"
+    default_base_url = None
+
+
+def _usage(raw: Any) -> Usage:
+    """Kernel usage from OpenAI's ``usage`` object (zeros when the server sent none)."""
+    if not isinstance(raw, dict):
+        return Usage()
+    return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))

@@ -1,0 +1,412 @@
+"""The OpenAI and OpenAI-compatible adapters against a fake OpenAI server over real local HTTP."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import orjson
+import pytest
+
+from turnout.adapters.providers.openai import OpenAIAdapter, OpenAICompatibleAdapter
+from turnout.kernel.config import Provider, Timeouts
+from turnout.kernel.errors import (ContentPolicy, ContextTooLong, ProviderAuthFailed,
+                                   ProviderBadRequest, ProviderRateLimited, ProviderTimeout,
+                                   ProviderUnavailable, StreamBroken)
+from turnout.kernel.types import ChatRequest, ModelProfile
+
+from .fakes import (CutStream, Delay, ErrorInStream, Refuse, Reply, Script, Status, TooLong,
+                    count_tokens, free_port, openai_app, serve)
+
+pytestmark = pytest.mark.anyio
+
+KEY = "sk-test-0123456789abcdefABCDEF"
+MODEL = ModelProfile(name="fast", provider="openai-main", upstream="gpt-4o-mini")
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather of a city.",
+    "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
+                   "required": ["location"], "additionalProperties": False}}}
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    script = Script()
+    with serve(openai_app(script, api_key=KEY)) as url:
+        yield script, url
+
+
+@pytest.fixture
+def script(upstream) -> Script:
+    upstream[0].reset()
+    return upstream[0]
+
+
+def config(url: str, key: str | None = KEY, **kw) -> Provider:
+    """The provider config for the fake at ``url``, with a short read timeout."""
+    kw.setdefault("timeout", Timeouts(read=0.5))
+    return Provider(kind="openai", base_url=url + "/v1", api_key=key, **kw)
+
+
+@pytest.fixture
+async def adapter(upstream, script):
+    adapter = OpenAIAdapter("openai-main", config(upstream[1]))
+    yield adapter
+    await adapter.aclose()
+
+
+def ask(*messages: dict, **kw) -> ChatRequest:
+    """A chat request for the test model."""
+    return ChatRequest(model="fast", messages=list(messages), **kw)
+
+
+def user(text: str) -> dict:
+    """A user message."""
+    return {"role": "user", "content": text}
+
+
+async def collect(stream):
+    """Every chunk of a stream."""
+    return [chunk async for chunk in stream]
+
+
+def assert_clean(exc: BaseException) -> None:
+    """No credential or header in what an error says about itself."""
+    for text in (str(exc), repr(exc.args)):
+        assert KEY not in text
+        assert "authorization" not in text.lower()
+
+
+# --- answers -----------------------------------------------------------------------------------
+
+
+async def test_complete_returns_text_with_profile_and_provider_names(adapter, script):
+    answer = await adapter.complete(ask(user("What is up?")), MODEL)
+
+    assert answer.content == "Echo: What is up?"
+    assert answer.finish_reason == "stop"
+    assert answer.tool_calls is None
+    assert (answer.model, answer.provider) == ("fast", "openai-main")
+    sent = script.last
+    assert sent.path == "/v1/chat/completions"
+    assert sent.headers["authorization"] == f"Bearer {KEY}"
+    assert sent.headers["content-type"] == "application/json"
+    assert sent.body["model"] == "gpt-4o-mini"
+    assert sent.body["stream"] is False
+    assert "stream_options" not in sent.body
+
+
+async def test_usage_is_read_from_the_answer(adapter, script):
+    question = "count these five words please"
+    answer = await adapter.complete(ask({"role": "system", "content": "Be brief."},
+                                        user(question)), MODEL)
+
+    assert answer.usage.input_tokens == count_tokens("Be brief.") + count_tokens(question)
+    assert answer.usage.output_tokens == count_tokens(f"Echo: {question}")
+    assert answer.usage.input_tokens != answer.usage.output_tokens
+
+
+async def test_system_prompt_multi_turn_and_extra_fields_pass_through(adapter, script):
+    request = ask({"role": "system", "content": "You are terse."}, user("Hi"),
+                  {"role": "assistant", "content": "Hello."}, user("And now?"),
+                  temperature=0.3, stop=["END"], logprobs=True)
+
+    answer = await adapter.complete(request, MODEL)
+
+    assert answer.content == "Echo: And now?"
+    body = script.last.body
+    assert [m["role"] for m in body["messages"]] == ["system", "user", "assistant", "user"]
+    assert body["messages"][0]["content"] == "You are terse."
+    assert body["temperature"] == 0.3 and body["stop"] == ["END"]
+    assert body["logprobs"] is True
+
+
+async def test_extra_headers_are_sent(upstream, script):
+    adapter = OpenAIAdapter("openai-main", config(upstream[1], headers={"X-Title": "turnout"}))
+    try:
+        await adapter.complete(ask(user("hi")), MODEL)
+    finally:
+        await adapter.aclose()
+    assert script.last.headers["x-title"] == "turnout"
+
+
+async def test_tool_call_and_follow_up_with_the_result(adapter, script):
+    question = user("What's the weather in Paris?")
+    first = await adapter.complete(ask(question, tools=[WEATHER_TOOL]), MODEL)
+
+    assert first.finish_reason == "tool_calls"
+    assert first.content is None
+    [call] = first.tool_calls
+    assert call["function"]["name"] == "get_weather"
+    assert orjson.loads(call["function"]["arguments"]) == {"location": "Paris"}
+    assert script.last.body["tools"] == [WEATHER_TOOL]
+
+    follow_up = ask(question, {"role": "assistant", "content": None, "tool_calls": [call]},
+                    {"role": "tool", "tool_call_id": call["id"], "content": "18C and sunny"},
+                    tools=[WEATHER_TOOL])
+    second = await adapter.complete(follow_up, MODEL)
+
+    assert second.content == "Tool said: 18C and sunny"
+    sent = script.last.body["messages"]
+    assert sent[1]["tool_calls"][0]["id"] == call["id"]
+    assert sent[2] == {"role": "tool", "tool_call_id": call["id"], "content": "18C and sunny"}
+
+
+async def test_json_mode_is_passed_on(adapter, script):
+    answer = await adapter.complete(ask(user("give json"),
+                                        response_format={"type": "json_object"}), MODEL)
+
+    assert script.last.body["response_format"] == {"type": "json_object"}
+    assert orjson.loads(answer.content) == {"echo": "give json"}
+
+
+async def test_scripted_reply_text(adapter, script):
+    script.push(Reply("scripted answer"))
+    answer = await adapter.complete(ask(user("anything")), MODEL)
+    assert answer.content == "scripted answer"
+
+
+# --- streams -----------------------------------------------------------------------------------
+
+
+async def test_stream_yields_several_chunks_then_finish_and_usage(adapter, script):
+    chunks = await collect(adapter.stream(ask(user("tell me a story"), stream=True), MODEL))
+
+    texts = [c.content for c in chunks if c.content]
+    assert len(texts) >= 3
+    assert "".join(texts) == "Echo: tell me a story"
+    assert chunks[0].role == "assistant"
+    last = chunks[-1]
+    assert last.finish_reason == "stop"
+    assert last.usage.input_tokens == count_tokens("tell me a story")
+    assert last.usage.output_tokens == count_tokens("Echo: tell me a story")
+    assert all(c.finish_reason is None for c in chunks[:-1])
+    body = script.last.body
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+
+
+async def test_streamed_tool_call_arrives_as_indexed_deltas(adapter, script):
+    chunks = await collect(adapter.stream(
+        ask(user("weather in Lyon?"), tools=[WEATHER_TOOL], stream=True), MODEL))
+
+    deltas = [d for c in chunks for d in c.tool_calls or []]
+    assert len(deltas) > 2
+    assert all(d["index"] == 0 for d in deltas)
+    assert deltas[0]["id"].startswith("call_")
+    assert deltas[0]["function"]["name"] == "get_weather"
+    arguments = "".join(d["function"].get("arguments", "") for d in deltas)
+    assert orjson.loads(arguments) == {"location": "Lyon"}
+    assert chunks[-1].finish_reason == "tool_calls"
+
+
+async def test_closing_a_stream_early_releases_the_connection(upstream, script):
+    adapter = OpenAIAdapter("openai-main", config(
+        upstream[1], max_connections=1, timeout=Timeouts(read=0.5, pool=0.5)))
+    try:
+        stream = adapter.stream(ask(user("one two three four"), stream=True), MODEL)
+        first = await anext(stream)
+        assert first.content
+        await stream.aclose()
+        # With one pooled connection, a response left open would make this wait for the pool.
+        answer = await adapter.complete(ask(user("again")), MODEL)
+    finally:
+        await adapter.aclose()
+    assert answer.content == "Echo: again"
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+async def test_429_with_retry_after_seconds(adapter, script):
+    script.push(Status(429, retry_after=7))
+    with pytest.raises(ProviderRateLimited) as caught:
+        await adapter.complete(ask(user("hi")), MODEL)
+    assert caught.value.retry_after == 7
+    assert caught.value.provider == "openai-main" and caught.value.model == "fast"
+    assert "Rate limit reached" in str(caught.value)
+    assert_clean(caught.value)
+
+
+async def test_429_with_retry_after_http_date(adapter, script):
+    when = email.utils.formatdate(time.time() + 30, usegmt=True)
+    script.push(Status(429, retry_after=when))
+    with pytest.raises(ProviderRateLimited) as caught:
+        await adapter.complete(ask(user("hi")), MODEL)
+    assert 25 <= caught.value.retry_after <= 31
+
+
+async def test_429_prefers_retry_after_ms(adapter, script):
+    script.push(Status(429, retry_after=3, headers={"retry-after-ms": "1500"}))
+    with pytest.raises(ProviderRateLimited) as caught:
+        await adapter.complete(ask(user("hi")), MODEL)
+    assert caught.value.retry_after == 1.5
+
+
+async def test_429_insufficient_quota_is_an_account_problem(adapter, script):
+    script.push(Status(429, body={"error": {
+        "message": "You exceeded your current quota, please check your plan and billing details.",
+        "type": "insufficient_quota", "param": None, "code": "insufficient_quota"}}))
+    with pytest.raises(ProviderAuthFailed, match="exceeded your current quota"):
+        await adapter.complete(ask(user("hi")), MODEL)
+
+
+@pytest.mark.parametrize("code", [500, 502, 503])
+async def test_5xx_is_unavailable(adapter, script, code):
+    script.push(Status(code))
+    with pytest.raises(ProviderUnavailable) as caught:
+        await adapter.complete(ask(user("hi")), MODEL)
+    assert f"answered {code}" in str(caught.value)
+    assert_clean(caught.value)
+
+
+async def test_wrong_key_is_auth_failed_and_the_key_is_not_repeated(upstream, script):
+    wrong = "sk-wrong-key-9876543210zyxw"
+    adapter = OpenAIAdapter("openai-main", config(upstream[1], key=wrong))
+    try:
+        with pytest.raises(ProviderAuthFailed) as caught:
+            await adapter.complete(ask(user("hi")), MODEL)
+    finally:
+        await adapter.aclose()
+    assert "Incorrect API key provided" in str(caught.value)
+    assert wrong not in str(caught.value) and wrong not in repr(caught.value.args)
+    assert_clean(caught.value)
+
+
+async def test_scripted_401_is_auth_failed(adapter, script):
+    script.push(Status(401))
+    with pytest.raises(ProviderAuthFailed):
+        await adapter.complete(ask(user("hi")), MODEL)
+
+
+async def test_unknown_upstream_model_is_bad_request(adapter, script):
+    script.push(Status(404))
+    with pytest.raises(ProviderBadRequest) as caught:
+        await adapter.complete(ask(user("hi")), MODEL)
+    assert not isinstance(caught.value, (ContextTooLong,))
+    assert "fast" in str(caught.value)
+
+
+@pytest.mark.parametrize("code", [408, 504])
+async def test_upstream_timeout_statuses_are_timeouts(adapter, script, code):
+    script.push(Status(code))
+    with pytest.raises(ProviderTimeout, match=f"answered {code}"):
+        await adapter.complete(ask(user("hi")), MODEL)
+
+
+async def test_slow_answer_is_timeout(adapter, script):
+    script.push(Delay(2))
+    with pytest.raises(ProviderTimeout) as caught:
+        await adapter.complete(ask(user("hi")), MODEL)
+    assert "read timeout" in str(caught.value)
+
+
+async def test_slow_stream_start_is_timeout(adapter, script):
+    script.push(Delay(2))
+    with pytest.raises(ProviderTimeout):
+        await collect(adapter.stream(ask(user("hi"), stream=True), MODEL))
+
+
+async def test_error_status_on_a_stream_comes_before_any_chunk(adapter, script):
+    script.push(Status(429, retry_after=2))
+    stream = adapter.stream(ask(user("hi"), stream=True), MODEL)
+    with pytest.raises(ProviderRateLimited) as caught:
+        await anext(stream)
+    assert caught.value.retry_after == 2
+
+
+@pytest.mark.parametrize("abrupt", [False, True], ids=["clean-end", "dropped-connection"])
+async def test_cut_stream_is_stream_broken(adapter, script, abrupt):
+    script.push(CutStream(after_chunks=2, abrupt=abrupt))
+    seen = []
+    with pytest.raises(StreamBroken) as caught:
+        async for chunk in adapter.stream(ask(user("one two three four five"), stream=True),
+                                          MODEL):
+            seen.append(chunk.content)
+    assert seen == ["Echo: ", "one "]
+    assert_clean(caught.value)
+
+
+async def test_error_inside_a_200_stream_is_stream_broken(adapter, script):
+    script.push(ErrorInStream(after_chunks=1, message="The server had an error mid-stream"))
+    seen = []
+    with pytest.raises(StreamBroken, match="The server had an error mid-stream") as caught:
+        async for chunk in adapter.stream(ask(user("one two three"), stream=True), MODEL):
+            seen.append(chunk.content)
+    assert seen == ["Echo: "]
+    assert_clean(caught.value)
+
+
+async def test_refusal_is_content_policy(adapter, script):
+    script.push(Refuse())
+    with pytest.raises(ContentPolicy, match="safety system") as caught:
+        await adapter.complete(ask(user("something bad")), MODEL)
+    assert_clean(caught.value)
+    script.push(Refuse())
+    with pytest.raises(ContentPolicy):
+        await collect(adapter.stream(ask(user("something bad"), stream=True), MODEL))
+
+
+async def test_context_too_long(adapter, script):
+    script.push(TooLong())
+    with pytest.raises(ContextTooLong, match="maximum context length") as caught:
+        await adapter.complete(ask(user("long")), MODEL)
+    assert_clean(caught.value)
+
+
+async def test_vllm_style_context_error_is_recognised(adapter, script):
+    script.push(Status(400, body={
+        "object": "error", "type": "BadRequestError", "param": None, "code": 400,
+        "message": "This model's maximum context length is 4096 tokens. However, you requested "
+                   "5000 tokens in the messages. Please reduce the length of the messages."}))
+    with pytest.raises(ContextTooLong):
+        await adapter.complete(ask(user("long")), MODEL)
+
+
+async def test_plain_400_is_bad_request(adapter, script):
+    script.push(Status(400, body="Invalid value for 'temperature'."))
+    with pytest.raises(ProviderBadRequest, match="Invalid value") as caught:
+        await adapter.complete(ask(user("hi")), MODEL)
+    assert not isinstance(caught.value, (ContextTooLong, ContentPolicy))
+
+
+async def test_connection_refused_is_unavailable():
+    port = free_port()
+    adapter = OpenAIAdapter("openai-main", config(f"http://127.0.0.1:{port}"))
+    try:
+        with pytest.raises(ProviderUnavailable, match="cannot be reached") as caught:
+            await adapter.complete(ask(user("hi")), MODEL)
+        assert_clean(caught.value)
+        with pytest.raises(ProviderUnavailable):
+            await collect(adapter.stream(ask(user("hi"), stream=True), MODEL))
+    finally:
+        await adapter.aclose()
+
+
+# --- OpenAI-compatible servers -----------------------------------------------------------------
+
+
+async def test_compatible_server_without_a_key_gets_no_authorization_header():
+    script = Script()
+    with serve(openai_app(script, api_key=None)) as url:
+        provider = Provider(kind="openai-compatible", base_url=url + "/v1",
+                            timeout=Timeouts(read=0.5))
+        adapter = OpenAICompatibleAdapter("local", provider)
+        model = ModelProfile(name="llama", provider="local", upstream="llama3.1:8b")
+        try:
+            answer = await adapter.complete(ask(user("hello")), model)
+            chunks = await collect(adapter.stream(ask(user("hello"), stream=True), model))
+        finally:
+            await adapter.aclose()
+    assert answer.content == "Echo: hello"
+    assert "".join(c.content or "" for c in chunks) == "Echo: hello"
+    assert all("authorization" not in r.headers for r in script.requests)
+    assert script.requests[0].body["model"] == "llama3.1:8b"
+    assert OpenAICompatibleAdapter.kind == "openai-compatible"
+    default = OpenAIAdapter("x", Provider(kind="openai"))
+    await default.aclose()
+    assert default.base_url == "https://api.openai.com/v1"

@@ -1,0 +1,86 @@
+"""`make run`'s command on a fresh machine: no config, no keys, answers `auto` within seconds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+
+KEYS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "TURNOUT_CONFIG",
+        "TURNOUT_PLUGINS")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def turnout(*args: str, cwd: Path, **kw) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in KEYS}
+    return subprocess.Popen([sys.executable, "-m", "turnout.adapters.cli", *args], cwd=cwd,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **kw)
+
+
+def test_serve_with_embedded_defaults_answers_auto_and_records_it(tmp_path: Path) -> None:
+    port = free_port()
+    server = turnout("serve", "--port", str(port), cwd=tmp_path)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        started = time.monotonic()
+        while True:
+            assert server.poll() is None, server.stderr.read()
+            try:
+                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() - started < 30, "the gateway did not become ready in 30 s"
+            time.sleep(0.1)
+        client = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "Say hello in one line."}])
+        answer = raw.parse()
+        assert raw.headers["x-turnout-model"].startswith("sim-")
+        assert raw.headers["x-turnout-route"] in {"cheap", "balanced", "strong"}
+        assert answer.choices[0].message.content.startswith("[sim-")
+        assert float(raw.headers["x-turnout-cost-usd"]) > 0
+        assert time.monotonic() - started < 30
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, stderr = server.communicate(timeout=30)
+    assert "no API keys configured" in stderr and "127.0.0.1" in stderr
+    assert "Traceback" not in stderr
+
+    stats = subprocess.run([sys.executable, "-m", "turnout.adapters.cli", "stats", "--db",
+                            str(tmp_path / "turnout.db")], capture_output=True, text=True)
+    assert stats.returncode == 0, stats.stderr
+    assert raw.headers["x-turnout-model"] in stats.stdout
+
+
+def test_route_explain_prints_the_decision(tmp_path: Path) -> None:
+    proc = turnout("route", "--explain",
+                   "Prove step by step that there are infinitely many primes, and analyze why.",
+                   cwd=tmp_path)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert '"route": "strong"' in out and '"rule": "hard prompts go strong"' in out
+    assert '"estimated_cost_usd"' in out and '"complexity"' in out
+
+
+def test_cli_errors_are_readable(tmp_path: Path) -> None:
+    proc = turnout("serve", "--config", str(tmp_path / "missing.toml"), cwd=tmp_path)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert "cannot read config" in err and "Traceback" not in err
+    proc = turnout("serve", "--host", "0.0.0.0", cwd=tmp_path)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "not loopback" in err
