@@ -62,8 +62,9 @@ def test_sync_answer_with_turnout_headers(gateway) -> None:
 
 @pytest.mark.anyio
 async def test_async_answer_by_model_name(gateway) -> None:
-    completion = await gateway.async_client(KEY).chat.completions.create(
-        model="slow", messages=ask("What is a turnout?"))
+    async with gateway.async_client(KEY) as client:
+        completion = await client.chat.completions.create(
+            model="slow", messages=ask("What is a turnout?"))
     assert completion.choices[0].message.content.startswith("[slow]")
     assert completion.model == "slow"
 
@@ -81,9 +82,10 @@ def test_sync_stream_with_usage(gateway) -> None:
 
 @pytest.mark.anyio
 async def test_async_stream(gateway) -> None:
-    stream = await gateway.async_client(KEY).chat.completions.create(
-        model="fast", messages=ask("Tell me about rails."), stream=True)
-    text = "".join([c.choices[0].delta.content or "" async for c in stream])
+    async with gateway.async_client(KEY) as client:
+        stream = await client.chat.completions.create(
+            model="fast", messages=ask("Tell me about rails."), stream=True)
+        text = "".join([c.choices[0].delta.content or "" async for c in stream])
     assert text.startswith("[fast]")
 
 
