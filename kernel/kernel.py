@@ -26,6 +26,8 @@ from .types import (Alert, Attempt, ChatRequest, Chunk, Completion, Context, Esc
 
 log = structlog.get_logger("turnout.kernel")
 tracer = trace.get_tracer("turnout")
+NO_SPAN = nullcontext(trace.INVALID_SPAN)
+"""Stands in for a span when tracing is off: reusable, costs nothing."""
 
 BUILTINS = {
     "classify": "turnout.plugins.classify",
@@ -57,6 +59,7 @@ class Kernel:
         self.plugins = plugins or PluginManager()
         self._builtins = builtins
         self.started = False
+        self.tracing = False
 
     @classmethod
     def from_config_file(cls, path: str | None = None) -> "Kernel":
@@ -80,6 +83,10 @@ class Kernel:
         if not self.plugins.names():
             self.load_plugins()
         await self.plugins.call_all("startup", kernel=self)
+        # Plugins install a tracer provider at startup (the telemetry plugin does); without one,
+        # spans would be no-ops, so the kernel skips creating them at all.
+        self.tracing = not isinstance(trace.get_tracer_provider(),
+                                      (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
         self.started = True
         log.info("kernel_started", plugins=self.plugins.names(), models=len(self.models),
                  routes=sorted(self.config.routes))
@@ -219,7 +226,7 @@ class Kernel:
             ctx.attempts.append(attempt)
             error: Exception | None = None
             failed: list[Verdict] = []
-            with tracer.start_as_current_span(f"chat {step.model.upstream}") as span:
+            with self._attempt_span(step) as span:
                 _gen_ai_request(span, ctx, step)
                 try:
                     result = await attempt_fn(ctx, step, attempt)
@@ -389,7 +396,13 @@ class Kernel:
             await self.plugins.call_all("record", isolate=True, ctx=ctx)
 
     def _span(self, ctx: Context):
-        return _RequestSpan(ctx)
+        """The request's span; a shared no-op when no tracer provider is installed."""
+        return _RequestSpan(ctx) if self.tracing else NO_SPAN
+
+    def _attempt_span(self, step: Step):
+        if not self.tracing:
+            return NO_SPAN
+        return tracer.start_as_current_span(f"chat {step.model.upstream}")
 
 
 class _RequestSpan:

@@ -26,6 +26,9 @@ REDACTED = "[REDACTED]"
 MIN_SECRET_LENGTH = 6
 """Registered secrets shorter than this are ignored: masking them would shred ordinary text."""
 
+QUIET_LIBRARIES = ("httpx", "httpcore")
+"""Libraries whose per-request logging stays at warning and above."""
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
 
@@ -72,6 +75,18 @@ def register_secret(value: str | None) -> None:
         _pattern = re.compile(f"(?-i:{literals})|{_STATIC_PATTERNS}", re.IGNORECASE)
 
 
+# Every branch of the pattern needs one of these (lower-cased) substrings to match, so text
+# without any of them is returned as it is, without running the pattern (the common case).
+_TRIGGERS = ("bearer", "basic", "key=", "token=", "sig=", "signature=", "password", "secret",
+             "authorization", "api-key", "api_key", "apikey", "sk-", "aiza", "xox")
+
+
+def _may_hold_secret(text: str) -> bool:
+    """A cheap necessary condition for the pattern to match ``text``."""
+    lowered = text.lower()
+    return any(t in lowered for t in _TRIGGERS) or any(s in text for s in _known)
+
+
 def _mask(match: re.Match[str]) -> str:
     prefix = match.group(1) or match.group(2) or match.group(3)
     return f"{prefix}{REDACTED}" if prefix else REDACTED
@@ -89,7 +104,7 @@ def redact(value: Any) -> Any:
     objects are returned unchanged.
     """
     if isinstance(value, str):
-        return _pattern.sub(_mask, value)
+        return _pattern.sub(_mask, value) if _may_hold_secret(value) else value
     if isinstance(value, Mapping):
         return {k: (REDACTED if v is not None and isinstance(k, str) and is_secret_key(k)
                     else redact(v))
@@ -196,3 +211,7 @@ def configure_logging(config: Logging) -> None:
         root.removeHandler(handler)
     root.addHandler(_StdlibHandler(level))
     root.setLevel(level)
+    # httpx and httpcore log every upstream request at info/debug; the kernel records attempts
+    # itself, so those lines would only double the volume (and cost time on the hot path).
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))

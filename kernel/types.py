@@ -6,8 +6,9 @@ provider adapters translate to and from their own wire formats at the edge.
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Literal
 
@@ -239,8 +240,13 @@ class Alert:
 # --- the request context -----------------------------------------------------------------------
 
 
+_ID_PREFIX = os.urandom(6).hex()
+_id_counter = itertools.count(1)
+
+
 def new_request_id() -> str:
-    return "req_" + uuid.uuid4().hex[:24]
+    """A request id unique across processes: ``req_``, a random per-process prefix, a counter."""
+    return f"req_{_ID_PREFIX}{next(_id_counter):012x}"
 
 
 @dataclass(slots=True, eq=False)

@@ -58,8 +58,11 @@ CREATE INDEX IF NOT EXISTS requests_created_at ON requests (created_at);
 CREATE INDEX IF NOT EXISTS requests_model ON requests (model);
 """
 
-BATCH_SIZE = 500
+BATCH_SIZE = 2000
 """Most rows written in one transaction."""
+
+FLUSH_INTERVAL_S = 0.05
+"""How long the writer lets rows gather after the first one arrives."""
 
 _INSERT = (f"INSERT INTO requests ({', '.join(COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in COLUMNS)})")
@@ -103,14 +106,10 @@ def context_row(ctx: Context) -> tuple[Any, ...]:
         ctx.latency_s * 1000,
         ctx.overhead_s * 1000,
         int(ctx.request.stream),
-        orjson.dumps(redact(decision), default=_redacted_text,
-                     option=orjson.OPT_NON_STR_KEYS).decode(),
+        # One pattern pass over the serialised decision: masks secret-looking values and
+        # '"api_key": "..."'-style fields alike, at a fraction of a recursive walk's cost.
+        redact(orjson.dumps(decision, default=str, option=orjson.OPT_NON_STR_KEYS).decode()),
     )
-
-
-def _redacted_text(value: Any) -> str:
-    """How non-JSON values in the decision (objects plugins put there) are stored: redacted text."""
-    return redact(str(value))
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -178,6 +177,9 @@ class RecordWriter:
             stop = False
             while not stop:
                 batch = [self._queue.get()]
+                # Let rows gather before writing: one wake-up and one commit per interval under
+                # load, instead of one per request competing with the event loop for the GIL.
+                time.sleep(FLUSH_INTERVAL_S)
                 while len(batch) < BATCH_SIZE:
                     try:
                         batch.append(self._queue.get_nowait())

@@ -12,6 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -269,3 +271,19 @@ def test_telemetry_without_the_otlp_extra_says_what_to_install(monkeypatch) -> N
         {"telemetry": {"otlp_endpoint": "http://127.0.0.1:4318/v1/traces"}}, source="test"))
     with pytest.raises(ConfigError, match=r"pip install 'turnout\[otlp\]'"):
         Telemetry().startup(kernel)
+
+
+PIECES = ["Bearer ", "basic ", "sk-", "AIza", "abcdefgh12345678", "0123456789ABCDEFGHIJ", "?key=",
+          "&token=", "&sig=", "password", ": ", "=", '"', "'", " ", "api_key", "x-api-key",
+          "X-Goog-Api-Key", "xoxb-", "Authorization", "client_secret", "hello", "tokens", "\n",
+          "signature=", "SK-", "BEARER", "apikey", "secret"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(st.sampled_from(PIECES), st.text(max_size=6)), max_size=12))
+def test_the_cheap_prefilter_never_skips_a_secret(pieces: list[str]) -> None:
+    """redact() skips the pattern when no trigger word is present; that must change nothing."""
+    from turnout.kernel import observability
+
+    text = "".join(pieces)
+    assert redact(text) == observability._pattern.sub(observability._mask, text)

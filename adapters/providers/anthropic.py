@@ -49,14 +49,10 @@ class AnthropicAdapter(ProviderAdapter):
         """Where messages are posted."""
         return f"{self.base_url}/v1/messages"
 
-    def headers(self) -> dict[str, str]:
-        """Request headers: JSON, the API version, the key when configured, then extra headers."""
-        headers = {"content-type": "application/json",
-                   "anthropic-version": self.config.api_version or DEFAULT_VERSION}
-        if self.config.api_key is not None and self.config.api_key.get_secret_value():
-            headers["x-api-key"] = self.config.api_key.get_secret_value()
-        headers.update(self.config.headers)
-        return headers
+    key_header = "x-api-key"
+
+    def fixed_headers(self) -> dict[str, str]:
+        return {"anthropic-version": self.config.api_version or DEFAULT_VERSION}
 
     def payload(self, request: ChatRequest, model: ModelProfile, *, stream: bool) -> dict[str, Any]:
         """The Messages API body for ``request``."""
@@ -70,7 +66,7 @@ class AnthropicAdapter(ProviderAdapter):
         """Send a non-streaming request and return the whole answer."""
         body = orjson.dumps(self.payload(request, model, stream=False))
         with map_exceptions(self.name, model.name):
-            response = await self.client.post(self.url, content=body, headers=self.headers())
+            response = await self.client.post(self.url, content=body, headers=self.headers)
         raise_for_status(response, self.name, model.name, secrets=self.secrets)
         data = parse_json(response.content, self.name, model.name)
         if not isinstance(data, dict) or not isinstance(data.get("content"), list):
@@ -92,7 +88,7 @@ class AnthropicAdapter(ProviderAdapter):
         has_args: dict[int, bool] = {}  # content block index -> any argument text seen
         try:
             async with aconnect_sse(self.client, "POST", self.url, content=body,
-                                    headers=self.headers()) as source:
+                                    headers=self.headers) as source:
                 await araise_for_status(source.response, self.name, model.name,
                                         secrets=self.secrets)
                 started = True

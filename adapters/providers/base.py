@@ -22,6 +22,8 @@ class ProviderAdapter:
 
     kind = ""
     default_base_url: str | None = None
+    key_header = "authorization"
+    """The header that carries the API key."""
 
     def __init__(self, name: str, config: Provider, *, client: httpx.AsyncClient | None = None,
                  base_url: str | None = None) -> None:
@@ -30,12 +32,31 @@ class ProviderAdapter:
         self.base_url = (base_url or config.base_url or self.default_base_url or "").rstrip("/")
         self.secrets = config_secrets(config)
         """Credential values to mask in any message this adapter builds."""
+        self.headers = self.build_headers()
+        """Headers of every request, built once: JSON, fixed headers, the key, config headers."""
         self.client = client or httpx.AsyncClient(
             timeout=httpx.Timeout(connect=config.timeout.connect, read=config.timeout.read,
                                   write=config.timeout.write, pool=config.timeout.pool),
             limits=httpx.Limits(max_connections=config.max_connections,
                                 max_keepalive_connections=config.max_connections),
         )
+
+    def build_headers(self) -> dict[str, str]:
+        """The headers of every request to this provider."""
+        headers = {"content-type": "application/json", **self.fixed_headers()}
+        key = self.config.api_key.get_secret_value() if self.config.api_key is not None else ""
+        if key:
+            headers[self.key_header] = self.key_value(key)
+        headers.update(self.config.headers)
+        return headers
+
+    def fixed_headers(self) -> dict[str, str]:
+        """Headers the provider's protocol requires besides the key (an API version, say)."""
+        return {}
+
+    def key_value(self, key: str) -> str:
+        """How the key is written in ``key_header``."""
+        return key
 
     async def complete(self, request: ChatRequest, model: ModelProfile) -> Completion:
         """Send a non-streaming request and return the whole answer."""

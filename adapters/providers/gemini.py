@@ -48,20 +48,15 @@ class GeminiAdapter(ProviderAdapter):
             return f"{self.base_url}/models/{upstream}:streamGenerateContent?alt=sse"
         return f"{self.base_url}/models/{upstream}:generateContent"
 
-    def headers(self) -> dict[str, str]:
-        """Request headers: JSON, the key when configured (never in the URL), extra headers."""
-        headers = {"content-type": "application/json"}
-        if self.config.api_key is not None and self.config.api_key.get_secret_value():
-            headers["x-goog-api-key"] = self.config.api_key.get_secret_value()
-        headers.update(self.config.headers)
-        return headers
+    key_header = "x-goog-api-key"
+    """The key travels in a header, never in the URL, so it cannot leak through URL logging."""
 
     async def complete(self, request: ChatRequest, model: ModelProfile) -> Completion:
         """Send a non-streaming request and return the whole answer."""
         body = orjson.dumps(to_generate_request(request, model))
         with map_exceptions(self.name, model.name):
             response = await self.client.post(self.url(model, stream=False), content=body,
-                                              headers=self.headers())
+                                              headers=self.headers)
         raise_for_status(response, self.name, model.name, secrets=self.secrets)
         data = parse_json(response.content, self.name, model.name)
         if not isinstance(data, dict):
@@ -91,7 +86,7 @@ class GeminiAdapter(ProviderAdapter):
         calls = 0
         try:
             async with aconnect_sse(self.client, "POST", self.url(model, stream=True),
-                                    content=body, headers=self.headers()) as source:
+                                    content=body, headers=self.headers) as source:
                 await araise_for_status(source.response, self.name, model.name,
                                         secrets=self.secrets)
                 started = True

@@ -32,13 +32,8 @@ class OpenAIAdapter(ProviderAdapter):
         """Where chat completions are posted."""
         return f"{self.base_url}/chat/completions"
 
-    def headers(self) -> dict[str, str]:
-        """Request headers: JSON, Bearer auth when a key is configured, then extra headers."""
-        headers = {"content-type": "application/json"}
-        if self.config.api_key is not None and self.config.api_key.get_secret_value():
-            headers["authorization"] = f"Bearer {self.config.api_key.get_secret_value()}"
-        headers.update(self.config.headers)
-        return headers
+    def key_value(self, key: str) -> str:
+        return f"Bearer {key}"
 
     def payload(self, request: ChatRequest, model: ModelProfile, *, stream: bool) -> dict[str, Any]:
         """The request as sent upstream: every field the client gave, with the upstream model id;
@@ -57,7 +52,7 @@ class OpenAIAdapter(ProviderAdapter):
         """Send a non-streaming request and return the whole answer."""
         body = orjson.dumps(self.payload(request, model, stream=False))
         with map_exceptions(self.name, model.name):
-            response = await self.client.post(self.url, content=body, headers=self.headers())
+            response = await self.client.post(self.url, content=body, headers=self.headers)
         raise_for_status(response, self.name, model.name, secrets=self.secrets)
         data = parse_json(response.content, self.name, model.name)
         return self._completion(data, model)
@@ -102,7 +97,7 @@ class OpenAIAdapter(ProviderAdapter):
         refusal: list[str] = []
         try:
             async with aconnect_sse(self.client, "POST", self.url, content=body,
-                                    headers=self.headers()) as source:
+                                    headers=self.headers) as source:
                 await araise_for_status(source.response, self.name, model.name,
                                         secrets=self.secrets)
                 started = True
