@@ -229,6 +229,8 @@ class Simulation(Section):
     port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port.")
     models: dict[str, SimulatedModel] = Field(default_factory=dict, description="Upstream model "
                                               "ids the fleet serves, with their behaviour.")
+    seed: int | None = Field(default=None, description="Seed of the fleet's dice, for runs that "
+                             "repeat exactly; unset: a new sequence each start.")
 
 
 class Config(Section):

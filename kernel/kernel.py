@@ -238,13 +238,14 @@ class Kernel:
                         provider=step.model.provider, model=step.model.name)
                 finally:
                     self._end_attempt(ctx, attempt)
-                if error is None and attempt.status == "rejected":
+                if error is not None:
+                    attempt.status, attempt.error = "error", f"{error.kind}: {error}"
+                elif attempt.status == "rejected":
                     failed = [v for v in attempt.verdicts if not v.ok]
                 _gen_ai_response(span, attempt)
             if error is None and not failed:
                 return result
             if error is not None:
-                attempt.status, attempt.error = "error", f"{error.kind}: {error}"
                 last_error = error
                 log.info("attempt_failed", model=step.model.name, error=error.kind,
                          detail=str(error))

@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import openai
 
+ROOT = Path(__file__).resolve().parent.parent
+
 KEYS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "TURNOUT_CONFIG",
         "TURNOUT_PLUGINS")
 
@@ -30,21 +32,27 @@ def turnout(*args: str, cwd: Path, **kw) -> subprocess.Popen:
                             **kw)
 
 
+def wait_ready(server: subprocess.Popen, base: str, limit_s: float = 30) -> None:
+    """Poll /readyz until the gateway answers 200; fail if it exits or takes over ``limit_s``."""
+    started = time.monotonic()
+    while True:
+        assert server.poll() is None, server.stderr.read()
+        try:
+            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() - started < limit_s, f"not ready within {limit_s} s"
+        time.sleep(0.1)
+
+
 def test_serve_with_embedded_defaults_answers_auto_and_records_it(tmp_path: Path) -> None:
     port = free_port()
     server = turnout("serve", "--port", str(port), cwd=tmp_path)
     base = f"http://127.0.0.1:{port}"
     try:
         started = time.monotonic()
-        while True:
-            assert server.poll() is None, server.stderr.read()
-            try:
-                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() - started < 30, "the gateway did not become ready in 30 s"
-            time.sleep(0.1)
+        wait_ready(server, base)
         client = openai.OpenAI(base_url=base + "/v1", api_key="none", max_retries=0)
         raw = client.chat.completions.with_raw_response.create(
             model="auto", messages=[{"role": "user", "content": "Say hello in one line."}])
@@ -64,6 +72,38 @@ def test_serve_with_embedded_defaults_answers_auto_and_records_it(tmp_path: Path
                             str(tmp_path / "turnout.db")], capture_output=True, text=True)
     assert stats.returncode == 0, stats.stderr
     assert raw.headers["x-turnout-model"] in stats.stdout
+
+
+def test_readme_quick_start_runs_as_written(tmp_path: Path) -> None:
+    """The README's Python quick start, run against `turnout serve` on the embedded defaults
+    (the fleet seeded, so the run repeats exactly)."""
+    import re
+
+    import yaml
+
+    from turnout.kernel.defaults import embedded
+
+    readme = (ROOT / "README.md").read_text()
+    (snippet,) = re.findall(r"```python\n(.*?)```", readme, re.S)
+    config = embedded({})
+    config["simulation"]["seed"] = 7
+    (tmp_path / "seeded.yaml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    server = turnout("serve", "--config", "seeded.yaml", "--port", str(port), cwd=tmp_path)
+    try:
+        wait_ready(server, f"http://127.0.0.1:{port}")
+        script = tmp_path / "quickstart.py"
+        script.write_text(snippet.replace("127.0.0.1:4000", f"127.0.0.1:{port}"))
+        run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                             timeout=60)
+        assert run.returncode == 0, run.stderr
+        lines = run.stdout.splitlines()
+        assert lines[0].split()[0] in {"cheap", "balanced", "strong"}
+        assert lines[1].startswith("[sim-")
+        assert '"' in lines[-1] and lines[-1].strip().startswith("{")
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=30)
 
 
 def test_route_explain_prints_the_decision(tmp_path: Path) -> None:

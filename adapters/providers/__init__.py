@@ -52,7 +52,7 @@ class Providers:
         if self.fleet is None:
             from turnout.adapters.simulated import Fleet
 
-            self.fleet = Fleet(config.simulation)
+            self.fleet = Fleet(config.simulation, seed=config.simulation.seed)
             self.fleet_url = self.fleet.start()
         return self.fleet_url
 
