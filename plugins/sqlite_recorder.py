@@ -13,13 +13,13 @@ import queue
 import sqlite3
 import threading
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import anyio
 import orjson
 import structlog
-
 from turnout.kernel.errors import ConfigError, TurnoutError
 from turnout.kernel.hookspecs import hookimpl
 from turnout.kernel.observability import redact
@@ -64,8 +64,11 @@ BATCH_SIZE = 2000
 FLUSH_INTERVAL_S = 0.05
 """How long the writer lets rows gather after the first one arrives."""
 
-_INSERT = (f"INSERT INTO requests ({', '.join(COLUMNS)}) "
-           f"VALUES ({', '.join('?' for _ in COLUMNS)})")
+_ROW = f"({', '.join('?' for _ in COLUMNS)})"
+_INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES {_ROW}"
+ROWS_PER_STATEMENT = 500
+"""Rows inserted by one multi-row INSERT (SQLite allows 32,766 parameters a statement)."""
+
 _STOP = object()
 
 
@@ -200,7 +203,12 @@ class RecordWriter:
         try:
             with self.conn:
                 self.conn.execute("BEGIN")
-                self.conn.executemany(_INSERT, rows)
+                for start in range(0, len(rows), ROWS_PER_STATEMENT):
+                    chunk = rows[start:start + ROWS_PER_STATEMENT]
+                    # One statement for many rows: sqlite3 releases the GIL around every step,
+                    # and a step per row would make the event loop hand the GIL back and forth.
+                    self.conn.execute(_insert_many(len(chunk)),
+                                      [value for row in chunk for value in row])
             self.written += len(rows)
             return
         except sqlite3.Error:
@@ -216,6 +224,12 @@ class RecordWriter:
                           if isinstance(exc, sqlite3.IntegrityError) else str(exc))
                 log.error("record_write_failed", request_id=row[0], error=reason,
                           path=self.path)
+
+
+@lru_cache(maxsize=8)
+def _insert_many(count: int) -> str:
+    """An INSERT of ``count`` rows."""
+    return _INSERT + (", " + _ROW) * (count - 1)
 
 
 class SQLiteRecorder:
