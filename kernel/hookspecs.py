@@ -6,9 +6,9 @@ escalate, record; then the process-level hooks startup, shutdown and alert.
 Every hook may be implemented as a plain function or as ``async def``; the kernel awaits what is
 awaitable. Implementations take only the arguments they name, so hooks can gain arguments without
 breaking plugins. ``tryfirst``/``trylast`` order implementations, and within the same mark the
-plugin registered last is called first (built-ins, then entry points, then config paths); ``wrapper`` and
-``hookwrapper`` implementations are refused (they would see un-awaited coroutines), so timing and
-tracing live in the kernel.
+plugin registered last is called first (built-ins, then entry points, then config paths).
+``wrapper`` and ``hookwrapper`` implementations are refused (they would see un-awaited
+coroutines), so timing and tracing live in the kernel.
 
 "First answer wins" hooks are walked in pluggy's call order, each implementation awaited, until one
 returns something other than None. "All answers gathered" hooks run every implementation

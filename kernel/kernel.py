@@ -17,12 +17,31 @@ from opentelemetry import trace
 
 from . import config as config_module
 from .config import Config
-from .errors import (NoRoute, PluginError, ProviderError, ProviderTimeout, StreamBroken,
-                     UnknownModel, ValidationFailed)
+from .errors import (
+    NoRoute,
+    PluginError,
+    ProviderError,
+    ProviderTimeout,
+    StreamBroken,
+    UnknownModel,
+    ValidationFailed,
+)
 from .manager import PluginManager
 from .registry import ModelRegistry
-from .types import (Alert, Attempt, ChatRequest, Chunk, Completion, Context, Escalation,
-                    ModelProfile, Plan, Step, Usage, Verdict)
+from .types import (
+    Alert,
+    Attempt,
+    ChatRequest,
+    Chunk,
+    Completion,
+    Context,
+    Escalation,
+    ModelProfile,
+    Plan,
+    Step,
+    Usage,
+    Verdict,
+)
 
 log = structlog.get_logger("turnout.kernel")
 tracer = trace.get_tracer("turnout")

@@ -25,8 +25,13 @@ from __future__ import annotations
 import random
 
 from turnout.kernel.config import Route
-from turnout.kernel.errors import (ContentPolicy, ContextTooLong, ProviderAuthFailed,
-                                   ProviderBadRequest, ProviderRateLimited)
+from turnout.kernel.errors import (
+    ContentPolicy,
+    ContextTooLong,
+    ProviderAuthFailed,
+    ProviderBadRequest,
+    ProviderRateLimited,
+)
 from turnout.kernel.hookspecs import hookimpl
 from turnout.kernel.types import Alert, Context, Escalation, Plan, Step, Verdict
 

@@ -2,8 +2,9 @@
 
 A rule's ``when`` maps a label to a value (equality), a list of values (any of), or a comparison
 string: ``"> 0.6"``, ``">= 2000"``, ``"< 0.25"``, ``"<= 3"``, ``"!= chat"``. Every condition must
-hold; the first rule that matches wins, else ``routing.default`` (the first route when unset). A label the request lacks fails
-the condition. With no routes configured at all, ``auto`` means every model, cheapest first.
+hold; the first rule that matches wins, else ``routing.default`` (the first route when unset).
+A label the request lacks fails the condition. With no routes configured at all, ``auto`` means
+every model, cheapest first.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import orjson
 import structlog
+
 from turnout.kernel.errors import ConfigError, TurnoutError
 from turnout.kernel.hookspecs import hookimpl
 from turnout.kernel.observability import redact

@@ -82,3 +82,20 @@ def kernel_for(script, route: dict | None = None, models: dict | None = None):
 
 def ask(text="hello", model="auto", **kw) -> ChatRequest:
     return ChatRequest(model=model, messages=[{"role": "user", "content": text}], **kw)
+
+
+def user(text: str) -> dict:
+    """A user message."""
+    return {"role": "user", "content": text}
+
+
+async def collect(stream):
+    """Every chunk of a stream."""
+    return [chunk async for chunk in stream]
+
+
+def assert_no_secret(exc: BaseException, key: str, header: str) -> None:
+    """Neither the credential nor its header appear in what an error says about itself."""
+    for text in (str(exc), repr(exc.args)):
+        assert key not in text
+        assert header not in text.lower()

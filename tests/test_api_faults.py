@@ -14,8 +14,18 @@ import openai
 import pytest
 from structlog.testing import capture_logs
 
-from .fakes import (CutStream, Delay, ErrorInStream, Refuse, Script, Status, anthropic_app,
-                    gemini_app, openai_app, serve)
+from .fakes import (
+    CutStream,
+    Delay,
+    ErrorInStream,
+    Refuse,
+    Script,
+    Status,
+    anthropic_app,
+    gemini_app,
+    openai_app,
+    serve,
+)
 from .gateway import running_gateway
 
 OPENAI_KEY, ANTHROPIC_KEY, GEMINI_KEY = "sk-openai-upstream-1234", "sk-ant-upstream-5678", \

@@ -21,8 +21,13 @@ from pydantic import SecretStr
 
 from turnout.kernel.config import Logging, parse
 from turnout.kernel.errors import ConfigError
-from turnout.kernel.observability import (REDACTED, configure_logging, redact, redact_event,
-                                          register_secret)
+from turnout.kernel.observability import (
+    REDACTED,
+    configure_logging,
+    redact,
+    redact_event,
+    register_secret,
+)
 from turnout.plugins.telemetry import Telemetry, install_tracing
 
 SERVICE = "turnout-test"

@@ -37,8 +37,9 @@ def test_every_hook_has_a_worked_example_that_registers() -> None:
 @pytest.mark.anyio
 async def test_guide_examples_work_in_the_pipeline() -> None:
     plugins = guide_plugins()
-    kernel, provider, recorder = kernel_for(
-        {"small": [errors.ProviderTimeout("slow"), "eins zwei drei vier"], "big": ["big one", "big answer, too long"]})
+    kernel, provider, recorder = kernel_for({
+        "small": [errors.ProviderTimeout("slow"), "eins zwei drei vier"],
+        "big": ["big one", "big answer, too long"]})
     instances = {name: plugins[name]() for name in
                  ("ScriptLabel", "CheapestFirst", "ExactCache", "MaxWords", "NoRetryOnTimeout",
                   "SpendByClient")}

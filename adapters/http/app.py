@@ -18,8 +18,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from turnout.kernel.errors import (BadRequest, BodyTooLarge, NotFound, RateLimited,
-                                   ProviderRateLimited, TurnoutError)
+from turnout.kernel.errors import (
+    BadRequest,
+    BodyTooLarge,
+    NotFound,
+    ProviderRateLimited,
+    RateLimited,
+    TurnoutError,
+)
 from turnout.kernel.kernel import AUTO, Kernel
 from turnout.kernel.types import ChatRequest, Chunk, Context, new_request_id
 

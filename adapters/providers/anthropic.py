@@ -16,13 +16,23 @@ import httpx
 import orjson
 from httpx_sse import aconnect_sse
 
-from turnout.kernel.errors import (ContentPolicy, ProviderBadRequest, ProviderUnavailable,
-                                   StreamBroken)
+from turnout.kernel.errors import (
+    ContentPolicy,
+    ProviderBadRequest,
+    ProviderUnavailable,
+    StreamBroken,
+)
 from turnout.kernel.types import ChatRequest, Chunk, Completion, Message, ModelProfile, Usage
 
-from .base import ProviderAdapter
-from .errors import (araise_for_status, map_exceptions, parse_json,
-                     raise_for_status, stream_error, transport_error)
+from .base import ProviderAdapter, append_turn
+from .errors import (
+    araise_for_status,
+    map_exceptions,
+    parse_json,
+    raise_for_status,
+    stream_error,
+    transport_error,
+)
 
 DEFAULT_VERSION = "2023-06-01"
 """The ``anthropic-version`` header sent when the config gives no ``api_version``."""
@@ -43,13 +53,12 @@ class AnthropicAdapter(ProviderAdapter):
 
     kind = "anthropic"
     default_base_url = "https://api.anthropic.com"
+    key_header = "x-api-key"
 
     @property
     def url(self) -> str:
         """Where messages are posted."""
         return f"{self.base_url}/v1/messages"
-
-    key_header = "x-api-key"
 
     def fixed_headers(self) -> dict[str, str]:
         return {"anthropic-version": self.config.api_version or DEFAULT_VERSION}
@@ -176,15 +185,16 @@ def to_messages_request(request: ChatRequest, model: ModelProfile, *,
             if message.text():
                 system.append(message.text())
         elif message.role == "tool":
-            _add_turn(turns, "user", [{"type": "tool_result", "tool_use_id": message.tool_call_id,
-                                       "content": _tool_result_content(message)}])
+            append_turn(turns, "content", "user", [{
+                "type": "tool_result", "tool_use_id": message.tool_call_id,
+                "content": _tool_result_content(message)}])
         elif message.role == "assistant":
             blocks = _content_blocks(message.content)
             for call in message.tool_calls or []:
                 blocks.append(_tool_use(call))
-            _add_turn(turns, "assistant", blocks)
+            append_turn(turns, "content", "assistant", blocks)
         else:  # user, and the legacy "function" role read as plain user text
-            _add_turn(turns, "user", _content_blocks(message.content))
+            append_turn(turns, "content", "user", _content_blocks(message.content))
     for turn in turns:
         if len(turn["content"]) == 1 and turn["content"][0]["type"] == "text":
             turn["content"] = turn["content"][0]["text"]
@@ -238,16 +248,6 @@ def to_completion(data: dict[str, Any], *, model: str, provider: str) -> Complet
         tool_calls=calls or None,
         usage=Usage(_input_tokens(usage), int(usage.get("output_tokens") or 0)),
         model=model, provider=provider)
-
-
-def _add_turn(turns: list[dict[str, Any]], role: str, blocks: list[dict[str, Any]]) -> None:
-    """Append blocks as a turn, merged into the previous one when the role repeats."""
-    if not blocks:
-        return
-    if turns and turns[-1]["role"] == role:
-        turns[-1]["content"].extend(blocks)
-    else:
-        turns.append({"role": role, "content": list(blocks)})
 
 
 def _content_blocks(content: str | list[dict[str, Any]] | None) -> list[dict[str, Any]]:

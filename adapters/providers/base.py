@@ -7,7 +7,7 @@ kernel's error tree. No httpx exception leaves an adapter.
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import httpx
 
@@ -68,3 +68,15 @@ class ProviderAdapter:
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def append_turn(turns: list[dict[str, Any]], key: str, role: str,
+                items: list[dict[str, Any]]) -> None:
+    """Append ``items`` as a turn of ``role`` (under ``key``: Anthropic's ``content``, Gemini's
+    ``parts``), merged into the previous turn when the role repeats, as both APIs require."""
+    if not items:
+        return
+    if turns and turns[-1]["role"] == role:
+        turns[-1][key].extend(items)
+    else:
+        turns.append({"role": role, key: list(items)})

@@ -18,9 +18,17 @@ from typing import Any
 import httpx
 import orjson
 
-from turnout.kernel.errors import (ContentPolicy, ContextTooLong, ProviderAuthFailed,
-                                   ProviderBadRequest, ProviderError, ProviderRateLimited,
-                                   ProviderTimeout, ProviderUnavailable, StreamBroken)
+from turnout.kernel.errors import (
+    ContentPolicy,
+    ContextTooLong,
+    ProviderAuthFailed,
+    ProviderBadRequest,
+    ProviderError,
+    ProviderRateLimited,
+    ProviderTimeout,
+    ProviderUnavailable,
+    StreamBroken,
+)
 from turnout.kernel.observability import REDACTED, redact
 
 MAX_MESSAGE_CHARS = 500

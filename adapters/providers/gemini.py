@@ -18,9 +18,15 @@ from httpx_sse import aconnect_sse
 from turnout.kernel.errors import ContentPolicy, ProviderUnavailable, StreamBroken
 from turnout.kernel.types import ChatRequest, Chunk, Completion, ModelProfile, Usage
 
-from .base import ProviderAdapter
-from .errors import (araise_for_status, map_exceptions, parse_json,
-                     raise_for_status, stream_error, transport_error)
+from .base import ProviderAdapter, append_turn
+from .errors import (
+    araise_for_status,
+    map_exceptions,
+    parse_json,
+    raise_for_status,
+    stream_error,
+    transport_error,
+)
 
 _FINISH = {"STOP": "stop", "MAX_TOKENS": "length"}
 _BLOCKED = {"SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY"}
@@ -40,7 +46,6 @@ class GeminiAdapter(ProviderAdapter):
 
     kind = "gemini"
     default_base_url = "https://generativelanguage.googleapis.com/v1beta"
-
     def url(self, model: ModelProfile, *, stream: bool) -> str:
         """The endpoint for ``model``; streams ask for SSE framing."""
         upstream = model.upstream.removeprefix("models/")
@@ -154,7 +159,7 @@ def to_generate_request(request: ChatRequest, model: ModelProfile) -> dict[str, 
                 system.append(message.text())
         elif message.role == "tool":
             name = names.get(message.tool_call_id or "") or message.name or "function"
-            _add_content(contents, "user", [{"functionResponse": {
+            append_turn(contents, "parts", "user", [{"functionResponse": {
                 "name": name, "response": _tool_response(message.text())}}])
         elif message.role == "assistant":
             parts = _content_parts(message.content)
@@ -163,9 +168,9 @@ def to_generate_request(request: ChatRequest, model: ModelProfile) -> dict[str, 
                 names[call.get("id") or ""] = fn.get("name", "")
                 parts.append({"functionCall": {"name": fn.get("name", ""),
                                                "args": _arguments(fn.get("arguments"))}})
-            _add_content(contents, "model", parts)
+            append_turn(contents, "parts", "model", parts)
         else:
-            _add_content(contents, "user", _content_parts(message.content))
+            append_turn(contents, "parts", "user", _content_parts(message.content))
 
     body: dict[str, Any] = {"contents": contents}
     if system:
@@ -181,16 +186,6 @@ def to_generate_request(request: ChatRequest, model: ModelProfile) -> dict[str, 
     if generation:
         body["generationConfig"] = generation
     return body
-
-
-def _add_content(contents: list[dict[str, Any]], role: str, parts: list[dict[str, Any]]) -> None:
-    """Append parts as a content, merged into the previous one when the role repeats."""
-    if not parts:
-        return
-    if contents and contents[-1]["role"] == role:
-        contents[-1]["parts"].extend(parts)
-    else:
-        contents.append({"role": role, "parts": list(parts)})
 
 
 def _content_parts(content: str | list[dict[str, Any]] | None) -> list[dict[str, Any]]:

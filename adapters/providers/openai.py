@@ -17,8 +17,16 @@ from turnout.kernel.errors import ContentPolicy, ProviderUnavailable, StreamBrok
 from turnout.kernel.types import ChatRequest, Chunk, Completion, ModelProfile, Usage
 
 from .base import ProviderAdapter
-from .errors import (araise_for_status, error_for_status, map_exceptions,
-                     parse_json, raise_for_status, scrub, stream_error, transport_error)
+from .errors import (
+    araise_for_status,
+    error_for_status,
+    map_exceptions,
+    parse_json,
+    raise_for_status,
+    scrub,
+    stream_error,
+    transport_error,
+)
 
 
 class OpenAIAdapter(ProviderAdapter):

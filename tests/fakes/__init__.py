@@ -10,8 +10,18 @@ from __future__ import annotations
 from .anthropic_server import anthropic_app
 from .gemini_server import gemini_app
 from .openai_server import openai_app
-from .script import (CutStream, Delay, ErrorInStream, Received, Refuse, Reply, Script, Status,
-                     TooLong, count_tokens)
+from .script import (
+                     CutStream,
+                     Delay,
+                     ErrorInStream,
+                     Received,
+                     Refuse,
+                     Reply,
+                     Script,
+                     Status,
+                     TooLong,
+                     count_tokens,
+)
 from .server import free_port, serve
 
 __all__ = ["CutStream", "Delay", "ErrorInStream", "Received", "Refuse", "Reply", "Script",

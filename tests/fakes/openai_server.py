@@ -18,8 +18,21 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from .script import (Behaviour, ClientGone, Refuse, Reply, Script, Status, TooLong, city,
-                     count_tokens, pieces, settle, sse, stream_body)
+from .script import (
+    Behaviour,
+    ClientGone,
+    Refuse,
+    Reply,
+    Script,
+    Status,
+    TooLong,
+    city,
+    count_tokens,
+    pieces,
+    settle,
+    sse,
+    stream_body,
+)
 
 _DEFAULT_ERRORS = {
     400: ("invalid_request_error", None, "Invalid request."),
