@@ -80,10 +80,6 @@ class Kernel:
         self.started = False
         self.tracing = False
 
-    @classmethod
-    def from_config_file(cls, path: str | None = None) -> "Kernel":
-        return cls(config_module.load(path))
-
     # --- lifecycle -----------------------------------------------------------------------------
 
     def load_plugins(self) -> None:
@@ -166,7 +162,7 @@ class Kernel:
             self._fail(ctx, exc)
             await self._record(ctx)
             raise
-        return self._relay(ctx, first, rest)
+        return RelayStream(self, ctx, first, rest)
 
     async def explain(self, ctx: Context) -> dict[str, Any]:
         """Classify and route without calling any model; the decision record and labels."""
@@ -368,7 +364,7 @@ class Kernel:
             attempt.latency_s += time.perf_counter() - resumed
             ctx.upstream_s += time.perf_counter() - resumed
             if attempt.status == "streaming":
-                attempt.status = "ok"
+                attempt.status = "ok" if ctx.status == "ok" else "cancelled"
             await _aclose(rest)
             await self._record(ctx)
 
@@ -423,6 +419,35 @@ class Kernel:
         if not self.tracing:
             return NO_SPAN
         return tracer.start_as_current_span(f"chat {step.model.upstream}")
+
+
+class RelayStream:
+    """The chunks of a started stream; closing it, even before the first read, ends the upstream
+    stream and records the request (an async generator that never started would do neither)."""
+
+    __slots__ = ("_kernel", "_ctx", "_rest", "_relay", "_started")
+
+    def __init__(self, kernel: Kernel, ctx: Context, first: Chunk, rest: Any) -> None:
+        self._kernel, self._ctx, self._rest = kernel, ctx, rest
+        self._relay = kernel._relay(ctx, first, rest)
+        self._started = False
+
+    def __aiter__(self) -> "RelayStream":
+        return self
+
+    async def __anext__(self) -> Chunk:
+        self._started = True
+        return await self._relay.__anext__()
+
+    async def aclose(self) -> None:
+        if self._started:
+            await self._relay.aclose()
+            return
+        self._started = True
+        await _aclose(self._rest)
+        self._ctx.state["kernel.attempt"].status = "cancelled"
+        self._kernel._fail(self._ctx, anyio.get_cancelled_exc_class()())
+        await self._kernel._record(self._ctx)
 
 
 class _RequestSpan:

@@ -7,6 +7,7 @@ API's own contract: answers, streams, headers, models, health, keys and bad inpu
 from __future__ import annotations
 
 import hashlib
+import time
 
 import httpx
 import openai
@@ -23,11 +24,13 @@ FLEET = {
         "fast": {"provider": "fleet", "input_price": 1.0, "output_price": 2.0,
                  "context_window": 4000},
         "slow": {"provider": "fleet", "input_price": 5.0, "output_price": 10.0, "tier": 2},
+        "trickle": {"provider": "fleet"},
     },
     "routes": {"duo": {"models": ["fast", "slow"]}},
     "simulation": {"models": {
         "fast": {"latency_ms": 5, "jitter": 0, "quality": 1.0, "tokens_per_s": 2000},
         "slow": {"latency_ms": 10, "jitter": 0, "quality": 1.0, "tokens_per_s": 2000},
+        "trickle": {"latency_ms": 5, "jitter": 0, "quality": 1.0, "tokens_per_s": 5},
     }},
 }
 
@@ -123,7 +126,7 @@ def test_json_mode_answer_is_json(gateway) -> None:
 
 def test_models_lists_auto_routes_and_models(gateway) -> None:
     ids = [m.id for m in gateway.client(KEY).models.list()]
-    assert ids == ["auto", "duo", "fast", "slow"]
+    assert ids == ["auto", "duo", "fast", "slow", "trickle"]
 
 
 def test_health_and_readiness(gateway) -> None:
@@ -230,3 +233,21 @@ def test_every_answered_request_is_recorded_once(gateway) -> None:
         ("ok", "fast", "duo", "team-a")
     assert row["cost_usd"] == pytest.approx(float(raw.headers["x-turnout-cost-usd"]))
     assert KEY not in str(row) and "Record me." not in str(row)
+
+
+def test_a_client_leaving_mid_stream_is_recorded_as_cancelled(gateway) -> None:
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions",
+                      headers={"authorization": f"Bearer {KEY}"},
+                      json={"model": "trickle", "stream": True,
+                            "messages": ask("Tell me a long story about trains.")}) as response:
+        request_id = response.headers["x-request-id"]
+        first = next(response.iter_lines())
+        assert first.startswith("data: ")
+    # the connection is closed now, long before the answer's end
+    deadline = time.monotonic() + 10
+    while True:
+        rows = [r for r in gateway.rows() if r["request_id"] == request_id]
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert [(r["status"], r["error_kind"]) for r in rows] == [("cancelled", "CancelledError")]

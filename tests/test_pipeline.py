@@ -10,7 +10,9 @@ import pytest
 
 from turnout.kernel import errors
 from turnout.kernel.config import parse
+from turnout.kernel.hookspecs import hookimpl
 from turnout.kernel.kernel import Kernel
+from turnout.kernel.types import Chunk, Completion, Usage
 
 from .support import ROUTING, ask, kernel_for
 
@@ -153,7 +155,7 @@ async def test_a_stream_abandoned_by_the_client_is_recorded_once_as_cancelled() 
         chunks = await kernel.stream(kernel.context(ask(stream=True)))
         await anext(chunks)
         await chunks.aclose()
-    assert [r[1] for r in recorder.records] == ["cancelled"]
+    assert [r[1:] for r in recorder.records] == [("cancelled", ["cancelled"])]
 
 
 async def test_unknown_model_is_refused_before_anything_runs() -> None:
@@ -179,3 +181,67 @@ async def test_rules_route_auto_by_labels() -> None:
         chat = await kernel.explain(kernel.context(ask("hi!")))
     assert (code["route"], code["rule"]) == ("coding", "code")
     assert (chat["route"], chat["rule"]) == ("cheap", "default")
+
+
+async def test_a_stream_closed_before_its_first_read_still_ends_upstream_and_records() -> None:
+    closed = []
+
+    async def upstream():
+        try:
+            for part in ("a", "b"):
+                yield Chunk(content=part)
+        finally:
+            closed.append(True)
+
+    class Streams:
+        @hookimpl(tryfirst=True)
+        def call(self, ctx, step):
+            return upstream()
+
+    kernel, _, recorder = kernel_for({})
+    kernel.plugins.register(Streams(), name="streams")
+    async with kernel:
+        ctx = kernel.context(ask(stream=True))
+        chunks = await kernel.stream(ctx)  # the first chunk was pulled: the stream is open
+        await chunks.aclose()              # the client left before the response started
+        await chunks.aclose()              # closing twice is harmless
+    assert closed == [True]
+    assert recorder.records == [(ctx.request_id, "cancelled", ["cancelled"])]
+
+
+async def test_subrequests_run_the_whole_pipeline_under_their_parent() -> None:
+    """A multi-call strategy (here: ask two models, join the answers) through Kernel.subrequest."""
+    seen = []
+
+    class Pair:
+        def __init__(self):
+            self.kernel = None
+
+        @hookimpl
+        def startup(self, kernel):
+            self.kernel = kernel
+
+        @hookimpl(tryfirst=True)
+        async def call(self, ctx, step):
+            if ctx.request.model != "pair":
+                return None
+            answers = [await self.kernel.subrequest(ctx, ctx.request.model_copy(
+                update={"model": name})) for name in ("small", "big")]
+            return Completion(content=" + ".join(a.content for a in answers),
+                              usage=Usage(sum(a.usage.input_tokens for a in answers),
+                                          sum(a.usage.output_tokens for a in answers)))
+
+        @hookimpl
+        def record(self, ctx):
+            seen.append((ctx.request.model, ctx.parent.request_id if ctx.parent else None))
+
+    kernel, provider, _ = kernel_for({"small": ["from small"], "big": ["from big"]},
+                                     models={"small": {"provider": "p"}, "big": {"provider": "p"},
+                                             "pair": {"provider": "p"}})
+    kernel.plugins.register(Pair(), name="pair")
+    async with kernel:
+        parent = kernel.context(ask(model="pair"))
+        completion = await kernel.complete(parent)
+    assert completion.content == "from small + from big"
+    assert provider.calls == ["small", "big"]
+    assert seen == [("small", parent.request_id), ("big", parent.request_id), ("pair", None)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from typing import AsyncIterator
 
+import anyio
 import orjson
 import structlog
 from pydantic import ValidationError
@@ -26,8 +27,8 @@ from turnout.kernel.errors import (
     RateLimited,
     TurnoutError,
 )
-from turnout.kernel.kernel import AUTO, Kernel
-from turnout.kernel.types import ChatRequest, Chunk, Context, new_request_id
+from turnout.kernel.kernel import AUTO, Kernel, RelayStream
+from turnout.kernel.types import ChatRequest, Context, new_request_id
 
 from .auth import KeyRing
 from .wire import ChunkFramer, completion_json
@@ -69,6 +70,43 @@ def validation_message(exc: ValidationError) -> tuple[str, str | None]:
     got = err.get("input")
     shown = "" if err["type"] == "missing" or isinstance(got, (dict, list)) else f" (got {got!r})"
     return f"Invalid value for '{param}': {msg}{shown}.", param
+
+
+class EventStream(StreamingResponse):
+    """A chat completion streamed as SSE frames.
+
+    Whatever ends the response (the last frame, an error event, the client hanging up, even
+    before the first frame was sent), the kernel's stream is closed, so the upstream connection
+    is released and the request is recorded.
+    """
+
+    def __init__(self, chunks: RelayStream, framer: ChunkFramer, headers: dict[str, str]) -> None:
+        super().__init__(self._frames(chunks, framer), media_type="text/event-stream",
+                         headers=headers)
+        self.chunks = chunks
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.chunks.aclose()
+
+    @staticmethod
+    async def _frames(chunks: RelayStream, framer: ChunkFramer) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in chunks:
+                frame = framer.frame(chunk)
+                if frame:
+                    yield frame
+        except TurnoutError as exc:
+            yield framer.error(exc)
+            return
+        except Exception as exc:  # noqa: BLE001 - still an explicit error event, never a quiet end
+            log.error("stream_failed", error_type=type(exc).__name__, exc_info=exc)
+            yield framer.error(TurnoutError("The gateway failed while streaming."))
+            return
+        yield framer.end()
 
 
 class Gateway:
@@ -130,28 +168,8 @@ class Gateway:
         step = ctx.plan.steps[ctx.plan.cursor].model
         include_usage = bool((ctx.request.stream_options or {}).get("include_usage"))
         framer = ChunkFramer(ctx.request_id, step.name, include_usage)
-        return StreamingResponse(self._frames(chunks, framer), media_type="text/event-stream",
-                                 headers={**self._headers(ctx, explain),
-                                          "cache-control": "no-cache"})
-
-    @staticmethod
-    async def _frames(chunks: AsyncIterator[Chunk], framer: ChunkFramer) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in chunks:
-                frame = framer.frame(chunk)
-                if frame:
-                    yield frame
-        except TurnoutError as exc:
-            yield framer.error(exc)
-            return
-        except Exception as exc:  # noqa: BLE001 - still an explicit error event, never a quiet end
-            log.error("stream_failed", error_type=type(exc).__name__, exc_info=exc)
-            yield framer.error(TurnoutError("The gateway failed while streaming."))
-            return
-        finally:
-            with contextlib.suppress(Exception):
-                await chunks.aclose()
-        yield framer.end()
+        return EventStream(chunks, framer, {**self._headers(ctx, explain),
+                                            "cache-control": "no-cache"})
 
     def _headers(self, ctx: Context, explain: bool) -> dict[str, str]:
         attempt = ctx.attempts[-1] if ctx.attempts else None
