@@ -118,7 +118,7 @@ class Gateway:
         self.max_body = kernel.config.server.max_body_bytes
 
     async def chat_completions(self, http: Request) -> Response:
-        request_id = http.headers.get("x-request-id") or new_request_id()
+        request_id = new_request_id()  # ours, never the client's: it keys the record
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
