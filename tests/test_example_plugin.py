@@ -4,6 +4,7 @@ routes a request through its own router to its own provider."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,9 +19,10 @@ EXAMPLE = ROOT / "examples" / "turnout-example"
 
 
 def test_installed_example_plugin_routes_and_answers(tmp_path: Path) -> None:
-    site = tmp_path / "site"
+    site, source = tmp_path / "site", tmp_path / "turnout-example"
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                    "--no-build-isolation", "--target", str(site), str(EXAMPLE)], check=True)
+                    "--no-build-isolation", "--target", str(site), str(source)], check=True)
     assert list(site.glob("turnout_example-*.dist-info/entry_points.txt"))
 
     env = {k: v for k, v in os.environ.items() if k not in KEYS}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -26,9 +27,13 @@ print("\\n".join(names))
 
 
 def test_wheel_installs_and_imports_every_module(tmp_path: Path) -> None:
+    # Build from a copy, so the build leaves nothing behind in the working tree.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.db*"))
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(dist), str(ROOT)], check=True, cwd=tmp_path)
+                    "-q", "-w", str(dist), str(source)], check=True, cwd=tmp_path)
     (wheel,) = dist.glob("turnout-*.whl")
 
     env_dir = tmp_path / "venv"
