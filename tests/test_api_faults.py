@@ -183,6 +183,14 @@ def test_timeout_falls_back(gateway, fakes) -> None:
     assert raw.headers["x-turnout-provider"] == "anthropic"
 
 
+def test_timeouts_with_nowhere_to_go_are_a_504(gateway, fakes) -> None:
+    fakes[0]["openai"].push(Delay(3), Delay(3))
+    with pytest.raises(openai.APIStatusError) as info:
+        gateway.client().chat.completions.create(model="solo", messages=ask())
+    assert info.value.status_code == 504
+    assert info.value.body["code"] == "upstream_timeout"
+
+
 def test_every_provider_down_is_a_503_in_openai_format(gateway, fakes) -> None:
     fakes[0]["openai"].push(Status(502), Status(502))
     fakes[0]["anthropic"].push(Status(529), Status(500))
