@@ -6,19 +6,16 @@ import orjson
 import pytest
 
 from turnout.adapters.providers.gemini import GeminiAdapter
-from turnout.kernel.config import Provider, Timeouts
-from turnout.kernel.errors import (ContentPolicy, ContextTooLong, ProviderAuthFailed,
-                                   ProviderBadRequest, ProviderRateLimited, ProviderTimeout,
-                                   ProviderUnavailable, StreamBroken)
-from turnout.kernel.types import ChatRequest, ModelProfile
+from turnout.kernel.errors import ContentPolicy, ContextTooLong, ProviderAuthFailed, ProviderRateLimited
 
-from .fakes import (CutStream, Delay, ErrorInStream, Refuse, Script, Status, TooLong,
-                    count_tokens, free_port, gemini_app, serve)
+from .fakes import Refuse, Status, TooLong, count_tokens
+from .support import collect, user
+from .wires import GEMINI as WIRE
+from .wires import provider_fixtures
 
 pytestmark = pytest.mark.anyio
 
-KEY = "AIzaSyTest0123456789abcdefghijk"
-MODEL = ModelProfile(name="flash", provider="gemini-main", upstream="gemini-2.0-flash")
+KEY, MODEL = WIRE.key, WIRE.model
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather of a city.",
     "parameters": {"type": "object", "additionalProperties": False,
@@ -30,57 +27,8 @@ PIXEL = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhg
          "RU5ErkJggg==")
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    script = Script()
-    with serve(gemini_app(script, api_key=KEY)) as url:
-        yield script, url
-
-
-@pytest.fixture
-def script(upstream) -> Script:
-    upstream[0].reset()
-    return upstream[0]
-
-
-def config(url: str, key: str | None = KEY, **kw) -> Provider:
-    """The provider config for the fake at ``url``, with a short read timeout."""
-    kw.setdefault("timeout", Timeouts(read=0.5))
-    return Provider(kind="gemini", base_url=url + "/v1beta", api_key=key, **kw)
-
-
-@pytest.fixture
-async def adapter(upstream, script):
-    adapter = GeminiAdapter("gemini-main", config(upstream[1]))
-    yield adapter
-    await adapter.aclose()
-
-
-def ask(*messages: dict, **kw) -> ChatRequest:
-    """A chat request for the test model."""
-    return ChatRequest(model="flash", messages=list(messages), **kw)
-
-
-def user(text: str) -> dict:
-    """A user message."""
-    return {"role": "user", "content": text}
-
-
-async def collect(stream):
-    """Every chunk of a stream."""
-    return [chunk async for chunk in stream]
-
-
-def assert_clean(exc: BaseException) -> None:
-    """No credential or header in what an error says about itself."""
-    for text in (str(exc), repr(exc.args)):
-        assert KEY not in text
-        assert "x-goog-api-key:" not in text.lower()
+wire, upstream, script, adapter = provider_fixtures(WIRE)
+config, ask, assert_clean = WIRE.config, WIRE.ask, WIRE.assert_clean
 
 
 # --- requests and answers ----------------------------------------------------------------------
@@ -235,20 +183,6 @@ async def test_streamed_tool_call(adapter, script):
     assert chunks[-1].finish_reason == "tool_calls"
 
 
-async def test_closing_a_stream_early_releases_the_connection(upstream, script):
-    adapter = GeminiAdapter("gemini-main", config(
-        upstream[1], max_connections=1, timeout=Timeouts(read=0.5, pool=0.5)))
-    try:
-        stream = adapter.stream(ask(user("one two three four"), stream=True), MODEL)
-        assert (await anext(stream)).content == "Echo: "
-        await stream.aclose()
-        # With one pooled connection, a response left open would make this wait for the pool.
-        answer = await adapter.complete(ask(user("again")), MODEL)
-    finally:
-        await adapter.aclose()
-    assert answer.content == "Echo: again"
-
-
 # --- errors ------------------------------------------------------------------------------------
 
 
@@ -267,75 +201,14 @@ async def test_429_retry_after_header_wins(adapter, script):
     assert caught.value.retry_after == 4
 
 
-@pytest.mark.parametrize("code", [500, 503])
-async def test_5xx_is_unavailable(adapter, script, code):
-    script.push(Status(code))
-    with pytest.raises(ProviderUnavailable):
-        await adapter.complete(ask(user("hi")), MODEL)
-
-
-async def test_invalid_key_is_auth_failed_though_gemini_answers_400(upstream, script):
-    wrong = "AIzaSyWrongKey000000000000000000"
-    adapter = GeminiAdapter("gemini-main", config(upstream[1], key=wrong))
-    try:
-        with pytest.raises(ProviderAuthFailed, match="API key not valid") as caught:
-            await adapter.complete(ask(user("hi")), MODEL)
-    finally:
-        await adapter.aclose()
-    assert wrong not in str(caught.value)
-    assert_clean(caught.value)
-
-
 async def test_missing_key_is_auth_failed(upstream, script):
-    adapter = GeminiAdapter("gemini-main", config(upstream[1], key=None))
+    adapter = GeminiAdapter("gemini-main", config(upstream[1], api_key=None))
     try:
         with pytest.raises(ProviderAuthFailed, match="unregistered callers"):
             await adapter.complete(ask(user("hi")), MODEL)
     finally:
         await adapter.aclose()
     assert "x-goog-api-key" not in script.last.headers
-
-
-async def test_scripted_401_is_auth_failed(adapter, script):
-    script.push(Status(401))
-    with pytest.raises(ProviderAuthFailed):
-        await adapter.complete(ask(user("hi")), MODEL)
-
-
-async def test_unknown_model_is_bad_request(adapter, script):
-    script.push(Status(404))
-    with pytest.raises(ProviderBadRequest, match="not found"):
-        await adapter.complete(ask(user("hi")), MODEL)
-
-
-async def test_slow_answer_is_timeout(adapter, script):
-    script.push(Delay(2))
-    with pytest.raises(ProviderTimeout):
-        await adapter.complete(ask(user("hi")), MODEL)
-    script.push(Delay(2))
-    with pytest.raises(ProviderTimeout):
-        await collect(adapter.stream(ask(user("hi"), stream=True), MODEL))
-
-
-@pytest.mark.parametrize("abrupt", [False, True], ids=["clean-end", "dropped-connection"])
-async def test_stream_without_finish_reason_is_stream_broken(adapter, script, abrupt):
-    script.push(CutStream(after_chunks=2, abrupt=abrupt))
-    seen = []
-    with pytest.raises(StreamBroken) as caught:
-        async for chunk in adapter.stream(ask(user("one two three four"), stream=True), MODEL):
-            seen.append(chunk.content)
-    assert seen == ["Echo: ", "one "]
-    assert_clean(caught.value)
-
-
-async def test_error_inside_a_200_stream_is_stream_broken(adapter, script):
-    script.push(ErrorInStream(after_chunks=1, message="Internal error mid-stream"))
-    seen = []
-    with pytest.raises(StreamBroken, match="Internal error mid-stream") as caught:
-        async for chunk in adapter.stream(ask(user("one two three"), stream=True), MODEL):
-            seen.append(chunk.content)
-    assert seen == ["Echo: "]
-    assert_clean(caught.value)
 
 
 async def test_blocked_prompt_is_content_policy(adapter, script):
@@ -361,15 +234,3 @@ async def test_too_many_input_tokens_is_context_too_long(adapter, script):
     with pytest.raises(ContextTooLong, match="exceeds the maximum number of tokens") as caught:
         await adapter.complete(ask(user("long")), MODEL)
     assert_clean(caught.value)
-
-
-async def test_connection_refused_is_unavailable():
-    adapter = GeminiAdapter("gemini-main", config(f"http://127.0.0.1:{free_port()}"))
-    try:
-        with pytest.raises(ProviderUnavailable) as caught:
-            await adapter.complete(ask(user("hi")), MODEL)
-        assert_clean(caught.value)
-        with pytest.raises(ProviderUnavailable):
-            await collect(adapter.stream(ask(user("hi"), stream=True), MODEL))
-    finally:
-        await adapter.aclose()

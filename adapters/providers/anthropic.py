@@ -10,11 +10,10 @@ and chunks.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
-import httpx
 import orjson
-from httpx_sse import aconnect_sse
 
 from turnout.kernel.errors import (
     ContentPolicy,
@@ -26,12 +25,8 @@ from turnout.kernel.types import ChatRequest, Chunk, Completion, Message, ModelP
 
 from .base import ProviderAdapter, append_turn
 from .errors import (
-    araise_for_status,
-    map_exceptions,
     parse_json,
-    raise_for_status,
     stream_error,
-    transport_error,
 )
 
 DEFAULT_VERSION = "2023-06-01"
@@ -74,10 +69,7 @@ class AnthropicAdapter(ProviderAdapter):
     async def complete(self, request: ChatRequest, model: ModelProfile) -> Completion:
         """Send a non-streaming request and return the whole answer."""
         body = orjson.dumps(self.payload(request, model, stream=False))
-        with map_exceptions(self.name, model.name):
-            response = await self.client.post(self.url, content=body, headers=self.headers)
-        raise_for_status(response, self.name, model.name, secrets=self.secrets)
-        data = parse_json(response.content, self.name, model.name)
+        data = await self.post_json(self.url, body, model)
         if not isinstance(data, dict) or not isinstance(data.get("content"), list):
             raise ProviderUnavailable(f"{self.name} sent an answer that is not a message",
                                       provider=self.name, model=model.name)
@@ -90,76 +82,67 @@ class AnthropicAdapter(ProviderAdapter):
         last one carrying the finish reason and usage. A stream ending before ``message_stop``,
         or carrying an ``error`` event, raises."""
         body = orjson.dumps(self.payload(request, model, stream=True))
-        started = stopped = emitted = False
+        stopped = emitted = False
         input_tokens = output_tokens = 0
         stop_reason: str | None = None
         tools: dict[int, int] = {}      # content block index -> tool call index
         has_args: dict[int, bool] = {}  # content block index -> any argument text seen
-        try:
-            async with aconnect_sse(self.client, "POST", self.url, content=body,
-                                    headers=self.headers) as source:
-                await araise_for_status(source.response, self.name, model.name,
-                                        secrets=self.secrets)
-                started = True
-                async for event in source.aiter_sse():
-                    if not event.data.strip():
-                        continue
-                    data = parse_json(event.data, self.name, model.name, mid_stream=True)
-                    if not isinstance(data, dict):
-                        continue
-                    kind = data.get("type") or event.event
-                    if kind == "error" or event.event == "error":
-                        raise stream_error(data, self.name, model.name, secrets=self.secrets)
-                    chunk: Chunk | None = None
-                    if kind == "message_start":
-                        usage = (data.get("message") or {}).get("usage") or {}
-                        input_tokens = _input_tokens(usage)
-                        output_tokens = int(usage.get("output_tokens") or 0)
-                    elif kind == "content_block_start":
-                        block = data.get("content_block") or {}
-                        if block.get("type") == "tool_use":
-                            index = tools[data.get("index", 0)] = len(tools)
-                            has_args[data.get("index", 0)] = False
-                            chunk = Chunk(tool_calls=[{
-                                "index": index, "id": block.get("id"), "type": "function",
-                                "function": {"name": block.get("name", ""), "arguments": ""}}])
-                        elif block.get("type") == "text" and block.get("text"):
-                            chunk = Chunk(content=block["text"])
-                    elif kind == "content_block_delta":
-                        delta = data.get("delta") or {}
-                        if delta.get("type") == "text_delta" and delta.get("text"):
-                            chunk = Chunk(content=delta["text"])
-                        elif delta.get("type") == "input_json_delta" and delta.get("partial_json"):
-                            block_index = data.get("index", 0)
-                            if block_index in tools:
-                                has_args[block_index] = True
-                                chunk = Chunk(tool_calls=[{
-                                    "index": tools[block_index],
-                                    "function": {"arguments": delta["partial_json"]}}])
-                    elif kind == "content_block_stop":
+        async with aclosing(self.sse_events(self.url, body, model)) as events:
+            async for event in events:
+                data = parse_json(event.data, self.name, model.name, mid_stream=True)
+                if not isinstance(data, dict):
+                    continue
+                kind = data.get("type") or event.event
+                if kind == "error" or event.event == "error":
+                    raise stream_error(data, self.name, model.name, secrets=self.secrets)
+                chunk: Chunk | None = None
+                if kind == "message_start":
+                    usage = (data.get("message") or {}).get("usage") or {}
+                    input_tokens = _input_tokens(usage)
+                    output_tokens = int(usage.get("output_tokens") or 0)
+                elif kind == "content_block_start":
+                    block = data.get("content_block") or {}
+                    if block.get("type") == "tool_use":
+                        index = tools[data.get("index", 0)] = len(tools)
+                        has_args[data.get("index", 0)] = False
+                        chunk = Chunk(tool_calls=[{
+                            "index": index, "id": block.get("id"), "type": "function",
+                            "function": {"name": block.get("name", ""), "arguments": ""}}])
+                    elif block.get("type") == "text" and block.get("text"):
+                        chunk = Chunk(content=block["text"])
+                elif kind == "content_block_delta":
+                    delta = data.get("delta") or {}
+                    if delta.get("type") == "text_delta" and delta.get("text"):
+                        chunk = Chunk(content=delta["text"])
+                    elif delta.get("type") == "input_json_delta" and delta.get("partial_json"):
                         block_index = data.get("index", 0)
-                        if block_index in tools and not has_args[block_index]:
-                            # A tool called without input: OpenAI clients expect "{}".
-                            chunk = Chunk(tool_calls=[{"index": tools[block_index],
-                                                       "function": {"arguments": "{}"}}])
-                    elif kind == "message_delta":
-                        stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
-                        usage = data.get("usage") or {}
-                        output_tokens = int(usage.get("output_tokens") or output_tokens)
-                        if usage.get("input_tokens") is not None:
-                            input_tokens = _input_tokens(usage)
-                        if stop_reason == "refusal" and not emitted:
-                            raise _refusal(self.name, model.name)
-                    elif kind == "message_stop":
-                        stopped = True
-                        break
-                    if chunk is not None:
-                        if not emitted:
-                            chunk.role = "assistant"
-                        emitted = True
-                        yield chunk
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, self.name, model.name, mid_stream=started) from None
+                        if block_index in tools:
+                            has_args[block_index] = True
+                            chunk = Chunk(tool_calls=[{
+                                "index": tools[block_index],
+                                "function": {"arguments": delta["partial_json"]}}])
+                elif kind == "content_block_stop":
+                    block_index = data.get("index", 0)
+                    if block_index in tools and not has_args[block_index]:
+                        # A tool called without input: OpenAI clients expect "{}".
+                        chunk = Chunk(tool_calls=[{"index": tools[block_index],
+                                                   "function": {"arguments": "{}"}}])
+                elif kind == "message_delta":
+                    stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
+                    usage = data.get("usage") or {}
+                    output_tokens = int(usage.get("output_tokens") or output_tokens)
+                    if usage.get("input_tokens") is not None:
+                        input_tokens = _input_tokens(usage)
+                    if stop_reason == "refusal" and not emitted:
+                        raise _refusal(self.name, model.name)
+                elif kind == "message_stop":
+                    stopped = True
+                    break
+                if chunk is not None:
+                    if not emitted:
+                        chunk.role = "assistant"
+                    emitted = True
+                    yield chunk
         if not stopped:
             raise StreamBroken(f"{self.name} cut the stream before message_stop",
                                provider=self.name, model=model.name)

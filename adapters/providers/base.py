@@ -10,11 +10,19 @@ from __future__ import annotations
 from typing import Any, AsyncIterator
 
 import httpx
+from httpx_sse import ServerSentEvent, aconnect_sse
 
 from turnout.kernel.config import Provider
 from turnout.kernel.types import ChatRequest, Chunk, Completion, ModelProfile
 
-from .errors import config_secrets
+from .errors import (
+    araise_for_status,
+    config_secrets,
+    map_exceptions,
+    parse_json,
+    raise_for_status,
+    transport_error,
+)
 
 
 class ProviderAdapter:
@@ -57,6 +65,35 @@ class ProviderAdapter:
     def key_value(self, key: str) -> str:
         """How the key is written in ``key_header``."""
         return key
+
+    async def post_json(self, url: str, body: bytes, model: ModelProfile) -> Any:
+        """POST a JSON ``body`` and return the decoded answer; every failure is mapped to the
+        kernel's error tree (status, transport, a body that is not JSON)."""
+        with map_exceptions(self.name, model.name):
+            response = await self.client.post(url, content=body, headers=self.headers)
+        raise_for_status(response, self.name, model.name, secrets=self.secrets)
+        return parse_json(response.content, self.name, model.name)
+
+    async def sse_events(self, url: str, body: bytes, model: ModelProfile
+                         ) -> AsyncIterator[ServerSentEvent]:
+        """POST a JSON ``body`` and yield the answer's server-sent events that carry data.
+
+        An error status raises its mapped error before any event; a transport failure after the
+        stream has started raises :class:`StreamBroken`. Close it (``contextlib.aclosing``) to
+        release the connection when stopping early.
+        """
+        started = False
+        try:
+            async with aconnect_sse(self.client, "POST", url, content=body,
+                                    headers=self.headers) as source:
+                await araise_for_status(source.response, self.name, model.name,
+                                        secrets=self.secrets)
+                started = True
+                async for event in source.aiter_sse():
+                    if event.data.strip():
+                        yield event
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self.name, model.name, mid_stream=started) from None
 
     async def complete(self, request: ChatRequest, model: ModelProfile) -> Completion:
         """Send a non-streaming request and return the whole answer."""

@@ -9,23 +9,18 @@ go to ``tools``, ``toolConfig`` and ``generationConfig``. Safety blocks are cont
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
-import httpx
 import orjson
-from httpx_sse import aconnect_sse
 
 from turnout.kernel.errors import ContentPolicy, ProviderUnavailable, StreamBroken
 from turnout.kernel.types import ChatRequest, Chunk, Completion, ModelProfile, Usage
 
 from .base import ProviderAdapter, append_turn
 from .errors import (
-    araise_for_status,
-    map_exceptions,
     parse_json,
-    raise_for_status,
     stream_error,
-    transport_error,
 )
 
 _FINISH = {"STOP": "stop", "MAX_TOKENS": "length"}
@@ -59,11 +54,7 @@ class GeminiAdapter(ProviderAdapter):
     async def complete(self, request: ChatRequest, model: ModelProfile) -> Completion:
         """Send a non-streaming request and return the whole answer."""
         body = orjson.dumps(to_generate_request(request, model))
-        with map_exceptions(self.name, model.name):
-            response = await self.client.post(self.url(model, stream=False), content=body,
-                                              headers=self.headers)
-        raise_for_status(response, self.name, model.name, secrets=self.secrets)
-        data = parse_json(response.content, self.name, model.name)
+        data = await self.post_json(self.url(model, stream=False), body, model)
         if not isinstance(data, dict):
             raise ProviderUnavailable(f"{self.name} sent an answer that is not a JSON object",
                                       provider=self.name, model=model.name)
@@ -85,45 +76,36 @@ class GeminiAdapter(ProviderAdapter):
         """Send a streaming request; yield text and tool-call deltas, then a final chunk with the
         finish reason and usage. A stream without a finish reason, or with an error, raises."""
         body = orjson.dumps(to_generate_request(request, model))
-        started = emitted = False
+        emitted = False
         finish: str | None = None
         usage = Usage()
         calls = 0
-        try:
-            async with aconnect_sse(self.client, "POST", self.url(model, stream=True),
-                                    content=body, headers=self.headers) as source:
-                await araise_for_status(source.response, self.name, model.name,
-                                        secrets=self.secrets)
-                started = True
-                async for event in source.aiter_sse():
-                    if not event.data.strip():
-                        continue
-                    data = parse_json(event.data, self.name, model.name, mid_stream=True)
-                    if isinstance(data, list) and data:
-                        data = data[0]
-                    if not isinstance(data, dict):
-                        continue
-                    if data.get("error"):
-                        raise stream_error(data, self.name, model.name, secrets=self.secrets)
-                    if not emitted:
-                        self._check_blocked(data, model)
-                    if data.get("usageMetadata"):
-                        usage = _usage(data["usageMetadata"])
-                    for candidate in (data.get("candidates") or [])[:1]:
-                        text, found = _parts((candidate.get("content") or {}).get("parts") or [])
-                        deltas = [{"index": calls + i, **_tool_call(c, calls + i)}
-                                  for i, c in enumerate(found)]
-                        calls += len(found)
-                        if candidate.get("finishReason"):
-                            finish = candidate["finishReason"]
-                            if not emitted and not text and not deltas:
-                                self._check_finish(finish, model)
-                        if text or deltas:
-                            yield Chunk(content=text or None, tool_calls=deltas or None,
-                                        role=None if emitted else "assistant")
-                            emitted = True
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, self.name, model.name, mid_stream=started) from None
+        async with aclosing(self.sse_events(self.url(model, stream=True), body, model)) as events:
+            async for event in events:
+                data = parse_json(event.data, self.name, model.name, mid_stream=True)
+                if isinstance(data, list) and data:
+                    data = data[0]
+                if not isinstance(data, dict):
+                    continue
+                if data.get("error"):
+                    raise stream_error(data, self.name, model.name, secrets=self.secrets)
+                if not emitted:
+                    self._check_blocked(data, model)
+                if data.get("usageMetadata"):
+                    usage = _usage(data["usageMetadata"])
+                for candidate in (data.get("candidates") or [])[:1]:
+                    text, found = _parts((candidate.get("content") or {}).get("parts") or [])
+                    deltas = [{"index": calls + i, **_tool_call(c, calls + i)}
+                              for i, c in enumerate(found)]
+                    calls += len(found)
+                    if candidate.get("finishReason"):
+                        finish = candidate["finishReason"]
+                        if not emitted and not text and not deltas:
+                            self._check_finish(finish, model)
+                    if text or deltas:
+                        yield Chunk(content=text or None, tool_calls=deltas or None,
+                                    role=None if emitted else "assistant")
+                        emitted = True
         if finish is None:
             raise StreamBroken(f"{self.name} cut the stream before its finish reason",
                                provider=self.name, model=model.name)

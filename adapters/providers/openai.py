@@ -7,25 +7,20 @@ id, asks streams to report usage, and parses answers and SSE chunks back into ke
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
-import httpx
 import orjson
-from httpx_sse import aconnect_sse
 
 from turnout.kernel.errors import ContentPolicy, ProviderUnavailable, StreamBroken
 from turnout.kernel.types import ChatRequest, Chunk, Completion, ModelProfile, Usage
 
 from .base import ProviderAdapter
 from .errors import (
-    araise_for_status,
     error_for_status,
-    map_exceptions,
     parse_json,
-    raise_for_status,
     scrub,
     stream_error,
-    transport_error,
 )
 
 
@@ -59,10 +54,7 @@ class OpenAIAdapter(ProviderAdapter):
     async def complete(self, request: ChatRequest, model: ModelProfile) -> Completion:
         """Send a non-streaming request and return the whole answer."""
         body = orjson.dumps(self.payload(request, model, stream=False))
-        with map_exceptions(self.name, model.name):
-            response = await self.client.post(self.url, content=body, headers=self.headers)
-        raise_for_status(response, self.name, model.name, secrets=self.secrets)
-        data = parse_json(response.content, self.name, model.name)
+        data = await self.post_json(self.url, body, model)
         return self._completion(data, model)
 
     def _completion(self, data: Any, model: ModelProfile) -> Completion:
@@ -97,48 +89,39 @@ class OpenAIAdapter(ProviderAdapter):
         """Send a streaming request; yield content and tool-call deltas, then one final chunk with
         the finish reason and usage. A stream that ends early or carries an error raises."""
         body = orjson.dumps(self.payload(request, model, stream=True))
-        started = done = False
+        done = False
         finish: str | None = None
         usage: Usage | None = None
         role: str | None = None
         emitted = False
         refusal: list[str] = []
-        try:
-            async with aconnect_sse(self.client, "POST", self.url, content=body,
-                                    headers=self.headers) as source:
-                await araise_for_status(source.response, self.name, model.name,
-                                        secrets=self.secrets)
-                started = True
-                async for event in source.aiter_sse():
-                    if event.data.strip() == "[DONE]":
-                        done = True
-                        break
-                    if not event.data.strip():
+        async with aclosing(self.sse_events(self.url, body, model)) as events:
+            async for event in events:
+                if event.data.strip() == "[DONE]":
+                    done = True
+                    break
+                data = parse_json(event.data, self.name, model.name, mid_stream=True)
+                if not isinstance(data, dict):
+                    continue
+                if data.get("error") or data.get("object") == "error":
+                    raise stream_error(data, self.name, model.name, secrets=self.secrets)
+                if data.get("usage"):
+                    usage = _usage(data["usage"])
+                for choice in data.get("choices") or []:
+                    if choice.get("index", 0) != 0:
                         continue
-                    data = parse_json(event.data, self.name, model.name, mid_stream=True)
-                    if not isinstance(data, dict):
+                    delta = choice.get("delta") or {}
+                    role = role or delta.get("role")
+                    finish = choice.get("finish_reason") or finish
+                    if delta.get("refusal"):
+                        refusal.append(delta["refusal"])
+                    content = delta.get("content") or None
+                    tool_calls = delta.get("tool_calls") or None
+                    if content is None and tool_calls is None:
                         continue
-                    if data.get("error") or data.get("object") == "error":
-                        raise stream_error(data, self.name, model.name, secrets=self.secrets)
-                    if data.get("usage"):
-                        usage = _usage(data["usage"])
-                    for choice in data.get("choices") or []:
-                        if choice.get("index", 0) != 0:
-                            continue
-                        delta = choice.get("delta") or {}
-                        role = role or delta.get("role")
-                        finish = choice.get("finish_reason") or finish
-                        if delta.get("refusal"):
-                            refusal.append(delta["refusal"])
-                        content = delta.get("content") or None
-                        tool_calls = delta.get("tool_calls") or None
-                        if content is None and tool_calls is None:
-                            continue
-                        yield Chunk(content=content, tool_calls=tool_calls,
-                                    role=None if emitted else role or "assistant")
-                        emitted = True
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, self.name, model.name, mid_stream=started) from None
+                    yield Chunk(content=content, tool_calls=tool_calls,
+                                role=None if emitted else role or "assistant")
+                    emitted = True
         if not done and finish is None:
             raise StreamBroken(f"{self.name} cut the stream before it finished",
                                provider=self.name, model=model.name)
