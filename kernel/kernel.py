@@ -55,6 +55,7 @@ BUILTINS = {
     "fallback": "turnout.plugins.fallback:Fallback",
     "json_validator": "turnout.plugins.json_validator",
     "sqlite_recorder": "turnout.plugins.sqlite_recorder:SQLiteRecorder",
+    "request_log": "turnout.plugins.request_log",
     "log_alerts": "turnout.plugins.log_alerts",
     "telemetry": "turnout.plugins.telemetry:Telemetry",
     "providers": "turnout.adapters.providers:Providers",

@@ -216,6 +216,9 @@ def test_upstream_auth_failure_alerts_moves_on_and_never_leaks_the_key(gateway, 
     assert raw.headers["x-turnout-provider"] == "anthropic"
     alerts = [e for e in logs if e["event"] == "alert_fired"]
     assert alerts and alerts[0]["alert"] == "provider_auth_failed"
+    (finished,) = [e for e in logs if e["event"] == "request_finished"]
+    assert (finished["status"], finished["route"], finished["model"], finished["attempts"]) == \
+        ("ok", "keyed", "claude", 2)
     assert "sk-wrong-key-999" not in str(logs)
     row = next(r for r in gateway.rows() if r["request_id"] == raw.headers["x-request-id"])
     assert "sk-wrong-key-999" not in str(row) and "upstream_auth_failed" in row["decision"]
