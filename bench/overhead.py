@@ -112,10 +112,20 @@ async def drive(url: str, headers: dict, concurrency: int, requests: int) -> dic
             "rps": requests / elapsed}
 
 
-def measure(url: str, args: argparse.Namespace, headers: dict | None = None) -> dict:
-    one = asyncio.run(drive(url, headers or {}, 1, args.requests))
-    many = asyncio.run(drive(url, headers or {}, args.concurrency, args.requests * 2))
-    return {"c1": one, "cN": many}
+def measure(targets: dict[str, tuple[str, dict]], args: argparse.Namespace) -> dict:
+    """Latency at concurrency 1 and throughput at ``--concurrency`` for every target, in
+    ``--rounds`` interleaved rounds (so drift of the machine hits all alike); medians."""
+    runs: dict[str, dict[str, list[dict]]] = {name: {"c1": [], "cN": []} for name in targets}
+    for _ in range(args.rounds):
+        for name, (url, headers) in targets.items():
+            runs[name]["c1"].append(asyncio.run(drive(url, headers, 1, args.requests)))
+        for name, (url, headers) in targets.items():
+            runs[name]["cN"].append(asyncio.run(drive(url, headers, args.concurrency,
+                                                      args.requests * 2)))
+    return {name: {"p50_ms": statistics.median(r["p50_ms"] for r in run["c1"]),
+                   "p99_ms": statistics.median(r["p99_ms"] for r in run["c1"]),
+                   "rps": statistics.median(r["rps"] for r in run["cN"])}
+            for name, run in runs.items()}
 
 
 def turnout_config(tmp: Path, upstream: str) -> Path:
@@ -157,7 +167,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1000,
-                        help="requests at concurrency 1 (twice as many at --concurrency)")
+                        help="requests per round at concurrency 1 (twice as many at --concurrency)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds over all targets; figures are their medians")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--upstream-delay-ms", type=float, default=0.0,
                         help="the upstream's think time per request (0: pure overhead)")
@@ -178,40 +190,56 @@ def main() -> None:
             [turnout, "serve", "--config", str(turnout_config(tmp, upstream)),
              "--port", str(gw_port)], f"http://127.0.0.1:{gw_port}/readyz"))
 
-        direct = measure(f"{upstream}/chat/completions", args)
-        through = measure(f"http://127.0.0.1:{gw_port}/v1/chat/completions", args)
+        targets = {"direct": (f"{upstream}/chat/completions", {}),
+                   "turnout": (f"http://127.0.0.1:{gw_port}/v1/chat/completions", {})}
+        if args.litellm:
+            targets.update(start_litellm(tmp, upstream, stack))
+        m = measure(targets, args)
+        direct, through = m["direct"], m["turnout"]
         figures = {
-            "direct_p50_ms": round(direct["c1"]["p50_ms"], 3),
-            "turnout_p50_ms": round(through["c1"]["p50_ms"], 3),
-            "overhead_p50_ms": round(through["c1"]["p50_ms"] - direct["c1"]["p50_ms"], 3),
-            "overhead_p99_ms": round(through["c1"]["p99_ms"] - direct["c1"]["p99_ms"], 3),
-            "direct_rps": round(direct["cN"]["rps"], 1),
-            "turnout_rps": round(through["cN"]["rps"], 1),
-            "throughput_ratio": round(through["cN"]["rps"] / direct["cN"]["rps"], 3),
+            "direct_p50_ms": round(direct["p50_ms"], 3),
+            "turnout_p50_ms": round(through["p50_ms"], 3),
+            "overhead_p50_ms": round(through["p50_ms"] - direct["p50_ms"], 3),
+            "overhead_p99_ms": round(through["p99_ms"] - direct["p99_ms"], 3),
+            "direct_rps": round(direct["rps"], 1),
+            "turnout_rps": round(through["rps"], 1),
+            "throughput_ratio": round(through["rps"] / direct["rps"], 3),
             "rss_mb": rss_mb(gateway.pid),
             "concurrency": args.concurrency,
+            "rounds": args.rounds,
             "upstream_delay_ms": args.upstream_delay_ms,
         }
-        if args.litellm:
-            figures.update(run_litellm(tmp, upstream, args, direct, stack))
+        if "litellm" in m:
+            lite = m["litellm"]
+            figures.update({
+                "litellm_p50_ms": round(lite["p50_ms"], 3),
+                "litellm_overhead_p50_ms": round(lite["p50_ms"] - direct["p50_ms"], 3),
+                "litellm_overhead_p99_ms": round(lite["p99_ms"] - direct["p99_ms"], 3),
+                "litellm_rps": round(lite["rps"], 1),
+                "litellm_throughput_ratio": round(lite["rps"] / direct["rps"], 3),
+            })
+        elif args.litellm:
+            figures["litellm_skipped"] = "litellm is not installed (pip install 'litellm[proxy]')"
     print(f"direct      p50 {figures['direct_p50_ms']:.3f} ms   {figures['direct_rps']:.0f} req/s"
           f" at concurrency {args.concurrency}")
     print(f"turnout     p50 {figures['turnout_p50_ms']:.3f} ms   {figures['turnout_rps']:.0f} "
           f"req/s   overhead p50 {figures['overhead_p50_ms']:.3f} ms, p99 "
           f"{figures['overhead_p99_ms']:.3f} ms, ratio {figures['throughput_ratio']:.2f}")
     if "litellm_overhead_p50_ms" in figures:
-        print(f"litellm     overhead p50 {figures['litellm_overhead_p50_ms']:.3f} ms, ratio "
+        print(f"litellm     p50 {figures['litellm_p50_ms']:.3f} ms   {figures['litellm_rps']:.0f} "
+              f"req/s   overhead p50 {figures['litellm_overhead_p50_ms']:.3f} ms, ratio "
               f"{figures['litellm_throughput_ratio']:.2f}")
     elif args.litellm:
-        print(f"litellm     not measured: {figures.get('litellm_skipped')}")
+        print(f"litellm     not measured: {figures['litellm_skipped']}")
     print(json.dumps(figures))
 
 
-def run_litellm(tmp: Path, upstream: str, args, direct: dict, stack: ExitStack) -> dict:
-    """LiteLLM's proxy, one worker, in front of the same upstream; skipped if not installed."""
-    litellm = shutil.which("litellm", path=str(Path(sys.executable).parent)) or shutil.which("litellm")
+def start_litellm(tmp: Path, upstream: str, stack: ExitStack) -> dict[str, tuple[str, dict]]:
+    """LiteLLM's proxy, one worker, in front of the same upstream; none if not installed."""
+    litellm = (shutil.which("litellm", path=str(Path(sys.executable).parent))
+               or shutil.which("litellm"))
     if litellm is None:
-        return {"litellm_skipped": "litellm is not installed (pip install 'litellm[proxy]')"}
+        return {}
     port = free_port()
     master_key = "sk-" + os.urandom(16).hex()  # the proxy refuses to start without one
     stack.enter_context(process(
@@ -219,15 +247,8 @@ def run_litellm(tmp: Path, upstream: str, args, direct: dict, stack: ExitStack) 
          "--num_workers", "1"], f"http://127.0.0.1:{port}/health/liveliness",
         env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
              "LITELLM_MASTER_KEY": master_key}, timeout=180))
-    through = measure(f"http://127.0.0.1:{port}/v1/chat/completions", args,
-                      headers={"Authorization": f"Bearer {master_key}"})
-    return {
-        "litellm_p50_ms": round(through["c1"]["p50_ms"], 3),
-        "litellm_overhead_p50_ms": round(through["c1"]["p50_ms"] - direct["c1"]["p50_ms"], 3),
-        "litellm_overhead_p99_ms": round(through["c1"]["p99_ms"] - direct["c1"]["p99_ms"], 3),
-        "litellm_rps": round(through["cN"]["rps"], 1),
-        "litellm_throughput_ratio": round(through["cN"]["rps"] / direct["cN"]["rps"], 3),
-    }
+    return {"litellm": (f"http://127.0.0.1:{port}/v1/chat/completions",
+                        {"Authorization": f"Bearer {master_key}"})}
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ class Impl:
     plugin: str
     function: Callable[..., Any]
     argnames: tuple[str, ...]
+    is_async: bool
 
 
 class PluginManager:
@@ -102,7 +103,8 @@ class PluginManager:
             ordered = list(reversed(getattr(self.pm.hook, hook).get_hookimpls()))
             last = [i for i in ordered if i.trylast]
             ordered = [i for i in ordered if not i.trylast] + last[::-1]
-            cached = tuple(Impl(i.plugin_name, i.function, tuple(i.argnames)) for i in ordered)
+            cached = tuple(Impl(i.plugin_name, i.function, tuple(i.argnames),
+                                inspect.iscoroutinefunction(i.function)) for i in ordered)
             self._impls[hook] = cached
         return cached
 
@@ -117,28 +119,34 @@ class PluginManager:
         return None
 
     async def call_all(self, hook: str, *, isolate: bool = False, **kwargs: Any) -> list[Any]:
-        """Run every implementation concurrently and return the non-None results in call order.
+        """Run every implementation and return the non-None results in call order.
 
-        With ``isolate`` an implementation that raises is logged and skipped instead of failing
-        the call (recorders, alerts, shutdown).
+        Plain functions run one after another on the spot; ``async def`` implementations run
+        concurrently in a task group (a lone one is simply awaited), so sync plugins cost no
+        task. With ``isolate`` an implementation that raises is logged and skipped instead of
+        failing the call (recorders, alerts, shutdown).
         """
         impls = self.impls(hook)
-        if not impls:
-            return []
-        if len(impls) == 1:
-            result = await self._invoke_isolated(hook, impls[0], kwargs, isolate)
-            return [] if result is None else [result]
         results: list[Any] = [None] * len(impls)
+        waiting: list[int] = []
+        for i, impl in enumerate(impls):
+            if impl.is_async:
+                waiting.append(i)
+            else:
+                results[i] = await self._invoke_isolated(hook, impl, kwargs, isolate)
+        if len(waiting) == 1:
+            results[waiting[0]] = await self._invoke_isolated(hook, impls[waiting[0]], kwargs,
+                                                              isolate)
+        elif waiting:
+            async def run(i: int) -> None:
+                results[i] = await self._invoke_isolated(hook, impls[i], kwargs, isolate)
 
-        async def run(i: int, impl: Impl) -> None:
-            results[i] = await self._invoke_isolated(hook, impl, kwargs, isolate)
-
-        try:
-            async with anyio.create_task_group() as tg:
-                for i, impl in enumerate(impls):
-                    tg.start_soon(run, i, impl)
-        except BaseExceptionGroup as group:
-            raise _first_leaf(group) from None
+            try:
+                async with anyio.create_task_group() as tg:
+                    for i in waiting:
+                        tg.start_soon(run, i)
+            except BaseExceptionGroup as group:
+                raise _first_leaf(group) from None
         return [r for r in results if r is not None]
 
     async def _invoke_isolated(self, hook: str, impl: Impl, kwargs: dict, isolate: bool) -> Any:

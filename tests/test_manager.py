@@ -181,3 +181,32 @@ async def test_within_a_mark_the_plugin_registered_last_is_called_first() -> Non
         pm.register(plugin(tag, **mark), name=tag)
     assert [i.plugin for i in pm.impls("classify")] == [
         "first-2", "first-1", "plain-2", "plain-1", "last-2", "last-1"]
+
+
+async def test_async_implementations_of_gathered_hooks_run_concurrently() -> None:
+    import anyio
+
+    ready = anyio.Event()
+
+    class Waits:
+        @hookimpl
+        async def record(self, ctx):
+            await ready.wait()  # only another implementation running alongside can set it
+            return "waited"
+
+    class Sets:
+        @hookimpl(tryfirst=True)
+        async def record(self, ctx):
+            ready.set()
+            return "set"
+
+    class Plain:
+        @hookimpl
+        def record(self, ctx):
+            return "plain"
+
+    pm = PluginManager()
+    for plugin, name in ((Waits(), "waits"), (Plain(), "plain"), (Sets(), "sets")):
+        pm.register(plugin, name=name)
+    with anyio.fail_after(5):
+        assert await pm.call_all("record", ctx=None) == ["set", "plain", "waited"]
