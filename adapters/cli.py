@@ -10,7 +10,7 @@ import time
 import anyio
 
 from turnout.kernel import config as config_module
-from turnout.kernel.config import LOOPBACK
+from turnout.kernel.config import LOOPBACK, Config
 from turnout.kernel.errors import BadRequest, ConfigError, TurnoutError
 
 EPILOG = """commands:
@@ -127,7 +127,9 @@ async def explain(args: argparse.Namespace) -> dict:
                                                            "content": args.explain}])
     except Exception as exc:  # pydantic's error, said plainly
         raise BadRequest(f"cannot build a request from that prompt: {exc}") from None
-    async with Kernel(config_module.load(args.config)) as kernel:
+    config = config_module.load(args.config)
+    quiet(config)
+    async with Kernel(config) as kernel:
         return await kernel.explain(kernel.context(request))
 
 
@@ -142,6 +144,14 @@ def parse_age(text: str) -> float:
     except (ValueError, KeyError):
         raise BadRequest(f"--since {text!r}: write a number and a unit (s, m, h, d), "
                          "e.g. 24h") from None
+
+
+def quiet(config: Config) -> None:
+    """Logging for one-shot commands: the config's format, on stderr, warnings and up only."""
+    from turnout.kernel.observability import configure_logging
+
+    level = config.logging.level if config.logging.level in ("warning", "error") else "warning"
+    configure_logging(config.logging.model_copy(update={"level": level}))
 
 
 def stats(args: argparse.Namespace) -> int:

@@ -63,8 +63,8 @@ def embedded(environ: Mapping[str, str]) -> dict[str, Any]:
             "rules": [
                 {"name": "hard prompts go strong", "when": {"complexity": ">= 0.6"},
                  "route": "strong"},
-                {"name": "small talk goes cheap", "when": {"complexity": "< 0.25",
-                                                           "needs_tools": False},
+                {"name": "small talk goes cheap", "when": {"task": "chat",
+                                                           "complexity": "< 0.25"},
                  "route": "cheap"},
             ],
         },

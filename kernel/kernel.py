@@ -280,6 +280,7 @@ class Kernel:
             if move.action == "retry":
                 if move.delay_s:
                     await anyio.sleep(move.delay_s)
+                    ctx.upstream_s += move.delay_s  # waiting out a provider is not overhead
             else:
                 plan.cursor = plan.cursor + 1 if move.cursor is None else move.cursor
         raise last_error or NoRoute("the plan has no steps left")

@@ -288,7 +288,8 @@ class Context:
 
     @property
     def overhead_s(self) -> float:
-        """Time the gateway itself took: total minus time waiting on providers."""
+        """Time the gateway itself took: total minus time waiting on providers (their answers,
+        and the Retry-After waits and backoffs between attempts)."""
         return max(0.0, self.latency_s - self.upstream_s)
 
     def drop(self, model: ModelProfile, reason: str) -> None:

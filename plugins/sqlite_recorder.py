@@ -373,7 +373,7 @@ def render_stats(summary: dict[str, Any]) -> str:
     lines = [
         f"Requests in {where}{window}",
         f"  {summary['requests']:,} requests: {summary['ok']:,} ok, {summary['errors']:,} errors"
-        f", {summary.get('cancelled', 0):,} cancelled; spend ${summary['spend_usd']:.4f}",
+        f", {summary.get('cancelled', 0):,} cancelled; spend ${summary['spend_usd']:.6f}",
         f"  latency p50 {_fmt_ms(lat['p50'])}, p95 {_fmt_ms(lat['p95'])}, "
         f"p99 {_fmt_ms(lat['p99'])}; gateway overhead p50 {_fmt_ms(over['p50'])}, "
         f"p99 {_fmt_ms(over['p99'])}",
@@ -383,7 +383,7 @@ def render_stats(summary: dict[str, Any]) -> str:
               "out tokens")
     table = [header] + [
         (m["model"] or "(none)", f"{m['requests']:,}", f"{m['success_rate'] * 100:.1f}%",
-         f"{m['spend_usd']:.4f}", _fmt_ms(m["p50_ms"]), _fmt_ms(m["p95_ms"]),
+         f"{m['spend_usd']:.6f}", _fmt_ms(m["p50_ms"]), _fmt_ms(m["p95_ms"]),
          _fmt_ms(m["p99_ms"]), f"{m['input_tokens']:,}", f"{m['output_tokens']:,}")
         for m in summary["by_model"]]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]

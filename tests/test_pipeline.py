@@ -46,6 +46,7 @@ async def test_retry_after_within_cap_waits_and_retries_same_model() -> None:
         assert (await kernel.complete(ctx)).content == "after wait"
     assert provider.calls == ["small", "small"]
     assert ctx.decision["escalations"][0]["delay_s"] == 0.05
+    assert ctx.upstream_s >= 0.05  # the wait counts as waiting on the provider, not overhead
 
 
 async def test_retry_after_over_cap_moves_on_at_once() -> None:
