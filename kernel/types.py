@@ -283,6 +283,16 @@ class Context:
         return sum(a.cost_usd for a in self.attempts)
 
     @property
+    def error_kind(self) -> str | None:
+        """How the failure is named in records and logs: the error's code, or ``cancelled`` when
+        the client went away (or the gateway shut down) before the answer ended."""
+        if self.error is None:
+            return None
+        if self.status == "cancelled":
+            return "cancelled"
+        return getattr(self.error, "code", None) or type(self.error).__name__
+
+    @property
     def latency_s(self) -> float:
         return (self.ended or time.perf_counter()) - self.started
 

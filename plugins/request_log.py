@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import structlog
 
-from turnout.kernel.errors import TurnoutError
 from turnout.kernel.hookspecs import hookimpl
 from turnout.kernel.types import Context
 
@@ -19,13 +18,11 @@ log = structlog.get_logger("turnout.requests")
 def record(ctx: Context) -> None:
     """Log the outcome of the request."""
     last = ctx.attempts[-1] if ctx.attempts else None
-    error = ctx.error
     log.info("request_finished", status=ctx.status, requested=ctx.request.model, route=ctx.route,
              model=last.model if last else None, attempts=len(ctx.attempts),
              input_tokens=sum(a.usage.input_tokens for a in ctx.attempts),
              output_tokens=sum(a.usage.output_tokens for a in ctx.attempts),
              cost_usd=round(ctx.spend_usd, 8), latency_ms=round(ctx.latency_s * 1000, 1),
              overhead_ms=round(ctx.overhead_s * 1000, 2), stream=ctx.request.stream,
-             error=(error.code if isinstance(error, TurnoutError) else
-                    type(error).__name__ if error else None),
+             error=ctx.error_kind,
              parent=ctx.parent.request_id if ctx.parent else None)

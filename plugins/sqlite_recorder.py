@@ -21,7 +21,7 @@ import anyio
 import orjson
 import structlog
 
-from turnout.kernel.errors import ConfigError, TurnoutError
+from turnout.kernel.errors import ConfigError
 from turnout.kernel.hookspecs import hookimpl
 from turnout.kernel.observability import redact
 from turnout.kernel.types import Context
@@ -87,7 +87,7 @@ def context_row(ctx: Context) -> tuple[Any, ...]:
     if error is None:
         error_kind = error_text = None
     else:
-        error_kind = error.code if isinstance(error, TurnoutError) else type(error).__name__
+        error_kind = ctx.error_kind
         error_text = redact(str(error)) or None
     decision = {**ctx.decision, "attempts": [a.as_dict() for a in attempts],
                 "labels": ctx.labels}

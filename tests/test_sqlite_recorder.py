@@ -97,7 +97,7 @@ async def test_records_every_request_once_with_metadata_only(tmp_path: Path) -> 
     assert {s: len(v) for s, v in by_status.items()} == {"ok": 67, "error": 67, "cancelled": 66}
     assert {r["error_kind"] for r in by_status["ok"]} == {None}
     assert {r["error_kind"] for r in by_status["error"]} == {"upstream_timeout"}
-    assert {r["error_kind"] for r in by_status["cancelled"]} == {"CancelledError"}
+    assert {r["error_kind"] for r in by_status["cancelled"]} == {"cancelled"}
     assert {r["model"] for r in by_status["ok"]} == {"fast"}
     assert {r["model"] for r in by_status["error"]} == {"strong"}, "the last model attempted"
 
