@@ -149,13 +149,18 @@ class RecordWriter:
                                         daemon=True)
         self._thread.start()
 
-    def put(self, row: tuple[Any, ...]) -> bool:
-        """Enqueue a row; False (and a warning) if the writer has been closed."""
+    def put(self, ctx: Context) -> bool:
+        """Enqueue a finished request; False (and a warning) if the writer has been closed.
+
+        The row is built in the writer thread, off the request's path: a finished context is
+        not changed any more.
+        """
         with self._lock:
             if not self._closed:
-                self._queue.put(row)
+                self._queue.put(ctx)
                 return True
-        log.warning("record_dropped", request_id=row[0], reason="the request log is closed")
+        log.warning("record_dropped", request_id=ctx.request_id,
+                    reason="the request log is closed")
         return False
 
     def close(self, timeout: float | None = None) -> None:
@@ -189,7 +194,8 @@ class RecordWriter:
                         batch.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                rows = [r for r in batch if isinstance(r, tuple)]
+                rows = [row for item in batch if isinstance(item, Context)
+                        and (row := self._row(item)) is not None]
                 if rows:
                     self._write(rows)
                 for marker in batch:
@@ -199,6 +205,14 @@ class RecordWriter:
                         marker.set()
         finally:
             self.conn.close()
+
+    def _row(self, ctx: Context) -> tuple[Any, ...] | None:
+        try:
+            return context_row(ctx)
+        except Exception as exc:  # noqa: BLE001 - one bad context must not stop the writer
+            log.error("record_write_failed", request_id=ctx.request_id,
+                      error=f"cannot build the row: {type(exc).__name__}: {exc}", path=self.path)
+            return None
 
     def _write(self, rows: list[tuple[Any, ...]]) -> None:
         try:
@@ -249,9 +263,9 @@ class SQLiteRecorder:
 
     @hookimpl
     def record(self, ctx: Context) -> None:
-        """Queue the request's row for the writer; no I/O on the event loop."""
+        """Queue the finished request for the writer; no I/O, not even the row, on the loop."""
         if self.writer is not None:
-            self.writer.put(context_row(ctx))
+            self.writer.put(ctx)
 
     def flush(self, timeout: float = 10) -> bool:
         """Block until every row recorded so far is on disk (tests, ``turnout stats`` in-process)."""

@@ -189,7 +189,7 @@ async def test_records_after_shutdown_are_reported_not_silently_lost(tmp_path: P
     await recorder.shutdown(kernel_for(path))
     late = make_context(0, "ok", 10)
     with structlog.testing.capture_logs() as logs:
-        assert writer.put(sqlite_recorder.context_row(late)) is False
+        assert writer.put(late) is False
     assert [(e["event"], e["request_id"]) for e in logs] == [("record_dropped", late.request_id)]
     assert rows(path) == []
 
@@ -247,3 +247,28 @@ async def test_file_is_wal_and_indexed_and_summary_percentiles(tmp_path: Path) -
     assert (fast["model"], fast["requests"], fast["success_rate"]) == ("fast", 100, 1.0)
     assert (fast["p50_ms"], fast["p95_ms"], fast["p99_ms"]) == (50.0, 95.0, 99.0)
     assert summary["overhead_ms"] == {"p50": pytest.approx(5.0), "p99": pytest.approx(9.9)}
+
+
+@pytest.mark.anyio
+async def test_a_row_that_cannot_be_built_is_logged_and_the_rest_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "bad.db"
+    bad = make_context(1, "ok", 10)
+    real = sqlite_recorder.context_row
+
+    def row(ctx):
+        if ctx is bad:
+            raise ValueError("unencodable")
+        return real(ctx)
+
+    monkeypatch.setattr(sqlite_recorder, "context_row", row)
+    recorder = SQLiteRecorder()
+    await recorder.startup(kernel_for(path))
+    with structlog.testing.capture_logs() as logs:
+        for ctx in (make_context(0, "ok", 10), bad, make_context(2, "ok", 10)):
+            recorder.record(ctx)
+        assert recorder.flush()
+    await recorder.shutdown(kernel_for(path))
+    assert len(rows(path)) == 2
+    assert any(e["event"] == "record_write_failed" and e["request_id"] == bad.request_id
+               and "unencodable" in e["error"] for e in logs)
