@@ -7,6 +7,7 @@ kernel's error tree. No httpx exception leaves an adapter.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, AsyncIterator
 
 import httpx
@@ -25,7 +26,7 @@ from .errors import (
 )
 
 
-class ProviderAdapter:
+class ProviderAdapter(ABC):
     """Base of the adapters; ``kind`` is the config's ``providers.NAME.kind``."""
 
     kind = ""
@@ -95,13 +96,13 @@ class ProviderAdapter:
         except httpx.HTTPError as exc:
             raise transport_error(exc, self.name, model.name, mid_stream=started) from None
 
+    @abstractmethod
     async def complete(self, request: ChatRequest, model: ModelProfile) -> Completion:
         """Send a non-streaming request and return the whole answer."""
-        raise NotImplementedError
 
+    @abstractmethod
     def stream(self, request: ChatRequest, model: ModelProfile) -> AsyncIterator[Chunk]:
         """Send a streaming request; iterate the answer's chunks, the last carrying usage."""
-        raise NotImplementedError
 
     async def aclose(self) -> None:
         await self.client.aclose()
