@@ -16,6 +16,7 @@ import structlog
 from opentelemetry import trace
 
 from . import config as config_module
+from . import tokens
 from .config import Config
 from .errors import (
     NoRoute,
@@ -207,7 +208,7 @@ class Kernel:
             raise NoRoute(f"no model can serve this request ({self._why_none(ctx)}).")
         ctx.plan = plan
         first = plan.steps[0].model if plan.steps else None
-        estimate = first.cost(Usage(ctx.labels.get("prompt_tokens", 0),
+        estimate = first.cost(Usage(tokens.prompt_tokens(ctx),
                                     ctx.request.output_limit or ESTIMATED_ANSWER_TOKENS)) \
             if first else 0.0
         ctx.decision.update(route=ctx.route, strategy=plan.strategy,
@@ -373,10 +374,8 @@ class Kernel:
     def _settle(self, ctx: Context, step: Step, attempt: Attempt, completion: Completion) -> None:
         """Fill in usage and cost of an answer, counting tokens where the provider gave none."""
         if not completion.usage.input_tokens:
-            from . import tokens
-
             completion.usage = Usage(
-                tokens.count_request(ctx.request),
+                tokens.prompt_tokens(ctx),
                 completion.usage.output_tokens or tokens.count(completion.content or ""))
         if not completion.cached:
             completion.cost_usd = step.model.cost(completion.usage)

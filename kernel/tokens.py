@@ -10,7 +10,7 @@ from functools import lru_cache
 
 import tiktoken
 
-from .types import ChatRequest
+from .types import ChatRequest, Context
 
 PER_MESSAGE = 4
 """Tokens of framing per chat message (role markers), as OpenAI counts them."""
@@ -38,3 +38,12 @@ def count_request(request: ChatRequest) -> int:
     if request.tools:
         total += count(str(request.tools))
     return total
+
+
+def prompt_tokens(ctx: Context) -> int:
+    """The request's prompt tokens: the classifier's ``prompt_tokens`` label when present, else
+    counted once and kept as that label."""
+    counted = ctx.labels.get("prompt_tokens")
+    if counted is None:
+        counted = ctx.labels["prompt_tokens"] = count_request(ctx.request)
+    return counted

@@ -8,20 +8,12 @@ answer's room is the request's ``max_tokens``, else the model's ``max_output_tok
 
 from __future__ import annotations
 
-from turnout.kernel import tokens
 from turnout.kernel.hookspecs import hookimpl
+from turnout.kernel.tokens import prompt_tokens
 from turnout.kernel.types import Context, ModelProfile
 
 MIN_ANSWER_TOKENS = 256
 """Room left for the answer when neither the request nor the model sets a limit."""
-
-
-def prompt_tokens(ctx: Context) -> int:
-    """The prompt's tokens: the classifier's label when present, else counted now."""
-    counted = ctx.labels.get("prompt_tokens")
-    if counted is None:
-        counted = ctx.labels["prompt_tokens"] = tokens.count_request(ctx.request)
-    return counted
 
 
 def fits(ctx: Context, model: ModelProfile) -> str | None:
