@@ -1,0 +1,154 @@
+"""The shared-state seam: one async interface for everything replicas must agree on.
+
+Rate limits, budgets, caches, provider health and request dedupe all keep their state behind
+:class:`Store`. Every operation is a single atomic step on the store's side (a Lua script in Redis,
+one statement or transaction in PostgreSQL, one uninterrupted stretch of the event loop in
+memory), never a read followed by a write in the caller, so N gateway replicas sharing one store
+admit exactly what one replica would. Callers only ever use this interface; backends live in
+``turnout.adapters.stores`` and can be swapped without touching them.
+
+Keys are plain strings chosen by the caller (``"rpm:team-a"``, ``"budget:team-a:2025-06"``);
+implementations add their own namespace prefix. A key names one kind of state (a window, a ledger,
+a value or a lock) and is always used the same way. Times are seconds; "expires", "ttl" and
+``expires_at`` are on the store's clock. Amounts are floats compared with a tolerance for float
+rounding (a relative 1e-9), so ``0.1 + 0.2`` fits a limit of ``0.3``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from .errors import TurnoutError
+
+
+class StoreError(TurnoutError):
+    """The shared-state store could not be reached or failed (503)."""
+
+    status = 503
+    type = "api_error"
+    code = "store_unavailable"
+
+
+class LockTimeout(StoreError):
+    """A lock could not be had within its wait."""
+
+    code = "lock_timeout"
+
+
+@dataclass(slots=True, frozen=True)
+class WindowResult:
+    """The answer of :meth:`Store.window_add`."""
+
+    admitted: bool
+    """Whether the amount was added."""
+    total: float
+    """The window's total after the call, counting the amount only if admitted."""
+    retry_after_s: float | None
+    """When refused: seconds until enough of the window has expired that the same amount would be
+    admitted. None when admitted, and when the amount alone exceeds the limit (waiting never
+    helps)."""
+
+
+@dataclass(slots=True, frozen=True)
+class Reservation:
+    """An amount held against a ledger's limit until it is settled, released or expires."""
+
+    key: str
+    """The ledger it was taken on."""
+    id: str
+    """Unique id; settling is idempotent per id."""
+    amount: float
+    """The amount held."""
+    expires_at: float
+    """When an unsettled reservation stops counting, on the store's clock."""
+
+
+class Store(ABC):
+    """Atomic shared state: counters over time windows, budget ledgers, values and locks."""
+
+    # --- windows: rate limits -----------------------------------------------------------------
+
+    @abstractmethod
+    async def window_add(self, key: str, amount: float = 1.0, *, window_s: float,
+                         limit: float | None = None, sliding: bool = True) -> WindowResult:
+        """Add ``amount`` to the counter ``key`` over a window of ``window_s`` seconds, atomically,
+        only if ``total + amount <= limit`` (always when ``limit`` is None).
+
+        ``sliding=True`` keeps a log: the total is the sum of the amounts added in the last
+        ``window_s`` seconds (each add is stored with its time). ``sliding=False`` uses fixed
+        windows aligned to multiples of ``window_s`` on the store's clock: the total resets at each
+        boundary, and a refusal's ``retry_after_s`` is the time to the next boundary.
+        Returns whether it was admitted, the total after the call, and when to retry.
+        """
+
+    @abstractmethod
+    async def window_total(self, key: str, *, window_s: float, sliding: bool = True) -> float:
+        """The current total of the window ``key`` (as :meth:`window_add` counts it), adding
+        nothing. 0.0 for a key never added to."""
+
+    # --- ledgers: budgets ---------------------------------------------------------------------
+
+    @abstractmethod
+    async def reserve(self, key: str, amount: float, *, limit: float,
+                      ttl_s: float) -> Reservation | None:
+        """Atomically reserve ``amount`` against ``limit`` on the ledger ``key``.
+
+        Admitted when settled total + live reservations + ``amount`` <= ``limit``. An unsettled
+        reservation stops counting after ``ttl_s`` seconds, so a crashed replica never holds
+        budget forever. Returns the reservation, or None when not admitted.
+        """
+
+    @abstractmethod
+    async def settle(self, reservation: Reservation, actual: float) -> float:
+        """Replace ``reservation`` by the ``actual`` amount spent, added to the settled total for
+        good (it may exceed the reserved amount and is never refused).
+
+        Settling an expired or released reservation still adds ``actual``; each reservation id
+        adds exactly once, so settling the same id again adds nothing (implementations remember a
+        settled id for at least a day after its reservation expires). Returns the settled total.
+        """
+
+    @abstractmethod
+    async def release(self, reservation: Reservation) -> None:
+        """Drop ``reservation`` without spending anything (the call failed). Idempotent; a no-op for
+        a reservation already settled, released or expired."""
+
+    @abstractmethod
+    async def ledger_total(self, key: str) -> float:
+        """The ledger's settled total plus its live (unexpired, unsettled) reservations; 0.0 for
+        an unknown key."""
+
+    # --- values: caches, health, dedupe -------------------------------------------------------
+
+    @abstractmethod
+    async def get(self, key: str) -> bytes | None:
+        """The value at ``key``, or None when there is none or it has expired."""
+
+    @abstractmethod
+    async def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
+        """Store ``value`` at ``key``, replacing any value; it expires after ``ttl_s`` seconds, or
+        never when ``ttl_s`` is None."""
+
+    @abstractmethod
+    async def delete(self, key: str) -> bool:
+        """Remove the value at ``key``. Returns True if a live value existed."""
+
+    # --- locks: single flight -----------------------------------------------------------------
+
+    @abstractmethod
+    def lock(self, key: str, *, ttl_s: float,
+             wait_s: float = 0.0) -> contextlib.AbstractAsyncContextManager[None]:
+        """A single-flight lock on ``key``, used as ``async with store.lock(key, ttl_s=30): ...``.
+
+        The holder runs the block; others wait up to ``wait_s`` seconds (real time) for it and
+        then raise :class:`LockTimeout`. A lock whose holder died expires after ``ttl_s``.
+        Leaving the block releases only the holder's own lock (checked by a token), never one that
+        expired meanwhile and was taken by someone else.
+        """
+
+    # --- lifetime -----------------------------------------------------------------------------
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, deliberately not abstract
+        """Release connections and background resources. The default does nothing."""
