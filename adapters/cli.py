@@ -5,29 +5,42 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import anyio
 
 from turnout.kernel import config as config_module
 from turnout.kernel.config import LOOPBACK, Config
 from turnout.kernel.errors import BadRequest, ConfigError, TurnoutError
+from turnout.kernel.kernel import BUILTINS, Command
+from turnout.kernel.registry import Registry
 
 EPILOG = """commands:
   serve                 start the gateway (embedded defaults when no config is given)
-  config check FILE     validate a config file
+  config check FILE     validate a config file, plugins included; lists every problem
   config docs           print the configuration reference
   route --explain TEXT  show how a prompt would be routed, without calling any model
-  stats                 spend, latency percentiles and success per model, from the record
   keys hash KEY         print the SHA-256 to put in server.api_keys
-
+{plugin_commands}
 The config file comes from --config or $TURNOUT_CONFIG; without either, the embedded defaults
 (a simulated fleet, plus real providers for OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY)."""
 
 
-def parser() -> argparse.ArgumentParser:
+def plugin_commands() -> Registry[Command]:
+    """The commands built-in and installed plugins register (``register_commands``)."""
+    from turnout.kernel.kernel import Kernel
+
+    kernel = Kernel(config_module.parse({}, source="(commands)"))
+    kernel.plugins.load(builtins=BUILTINS)
+    kernel.plugins.hook.register_commands.register(kernel.commands.callback)
+    return kernel.commands
+
+
+def parser(commands: Registry[Command] | None = None) -> argparse.ArgumentParser:
+    commands = commands if commands is not None else plugin_commands()
+    listed = "".join(f"  {name:<22}{commands[name].help}\n" for name in commands.names())
     p = argparse.ArgumentParser(prog="turnout", description="Turnout: an LLM gateway that routes "
-                                "every request to the right model.", epilog=EPILOG,
+                                "every request to the right model.",
+                                epilog=EPILOG.format(plugin_commands=listed),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -47,29 +60,33 @@ def parser() -> argparse.ArgumentParser:
     route.add_argument("--model", default="auto", help="model or route to ask for (default auto)")
     route.add_argument("--config", help="config file")
 
-    stats = sub.add_parser("stats", help="summarise the request record")
-    stats.add_argument("--config", help="config file (for record.path)")
-    stats.add_argument("--db", help="SQLite record file (default: record.path)")
-    stats.add_argument("--since", metavar="AGE", help="only requests newer than AGE: 30m, 24h, 7d")
-    stats.add_argument("--json", action="store_true", help="print JSON")
 
     keys = sub.add_parser("keys", help="API key tools")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="SUBCOMMAND")
     keys_hash = keys_sub.add_parser("hash", help="print the SHA-256 of a key for server.api_keys")
     keys_hash.add_argument("key")
+    for name in commands.names():
+        command = commands[name]
+        added = sub.add_parser(name, help=command.help)
+        if command.arguments is not None:
+            command.arguments(added)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
     try:
+        commands = plugin_commands()
+    except TurnoutError as exc:
+        print(f"turnout: {exc.message}", file=sys.stderr)
+        return 2
+    args = parser(commands).parse_args(argv)
+    try:
+        if args.command in commands:
+            return commands[args.command].run(args)
         if args.command == "serve":
             return serve(args)
         if args.command == "config" and args.config_command == "check":
-            config = config_module.load(args.file)
-            print(f"{args.file}: ok ({len(config.providers)} providers, {len(config.models)} "
-                  f"models, {len(config.routes)} routes)")
-            return 0
+            return check(args.file)
         if args.command == "config" and args.config_command == "docs":
             from turnout.kernel.config_docs import reference
 
@@ -78,8 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "route":
             print(json.dumps(anyio.run(explain, args), indent=2, default=str))
             return 0
-        if args.command == "stats":
-            return stats(args)
         if args.command == "keys" and args.keys_command == "hash":
             from turnout.adapters.http.auth import hash_key
 
@@ -90,6 +105,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     parser().print_help()
     return 0 if args.command is None else 2
+
+
+def check(path: str) -> int:
+    """Validate a config file the way ``serve`` will: schema, references, plugins (loaded), and
+    every table they own; every problem is listed, each with its line."""
+    from turnout.kernel.kernel import Kernel
+
+    config = config_module.load(path, references=False)
+    Kernel(config).load_plugins()
+    print(f"{path}: ok ({len(config.providers)} providers, {len(config.models)} models, "
+          f"{len(config.routes)} routes)")
+    return 0
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -133,35 +160,12 @@ async def explain(args: argparse.Namespace) -> dict:
         return await kernel.explain(kernel.context(request))
 
 
-AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_age(text: str) -> float:
-    """Seconds in an age such as ``30m``, ``24h`` or ``7d``."""
-    number, unit = text[:-1], text[-1:]
-    try:
-        return float(number) * AGE_UNITS[unit]
-    except (ValueError, KeyError):
-        raise BadRequest(f"--since {text!r}: write a number and a unit (s, m, h, d), "
-                         "e.g. 24h") from None
-
-
 def quiet(config: Config) -> None:
     """Logging for one-shot commands: the config's format, on stderr, warnings and up only."""
     from turnout.kernel.observability import configure_logging
 
     level = config.logging.level if config.logging.level in ("warning", "error") else "warning"
     configure_logging(config.logging.model_copy(update={"level": level}))
-
-
-def stats(args: argparse.Namespace) -> int:
-    from turnout.plugins.sqlite_recorder import render_stats, summarize
-
-    path = args.db or config_module.load(args.config).record.path
-    since = time.time() - parse_age(args.since) if args.since else None
-    summary = summarize(path, since=since)
-    print(json.dumps(summary, indent=2) if args.json else render_stats(summary))
-    return 0
 
 
 if __name__ == "__main__":

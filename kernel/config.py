@@ -13,7 +13,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import (
@@ -74,42 +74,33 @@ class Server(Section):
                                 description="Largest request body accepted; larger gets 413.")
     request_timeout_s: float = Field(default=600, gt=0,
                                      description="Deadline for a whole request, all attempts.")
+    max_attempts_per_request: int = Field(default=32, ge=1, description="Calls one request may "
+                                          "make in all, its sub-requests' included: the cap on "
+                                          "what a multi-call strategy can spend.")
 
 
 # --- providers and models ----------------------------------------------------------------------
 
 
-class Timeouts(Section):
-    """Timeouts of a provider's HTTP client, in seconds."""
+class ProviderEntry(Section):
+    """An upstream that serves models. Its name (the table key) is what models refer to.
 
-    connect: float = Field(default=5, gt=0, description="To open a connection.")
-    read: float = Field(default=120, gt=0, description="Between two bytes of the answer (the "
-                        "longest pause a stream may make).")
-    write: float = Field(default=30, gt=0, description="To send the request.")
-    pool: float = Field(default=10, gt=0, description="To get a connection from the pool.")
+    ``kind`` names a provider kind that a plugin registered; the rest of the table is that kind's
+    settings, validated by its own model once plugins are loaded (see "Provider kinds" below).
+    """
 
+    model_config = ConfigDict(extra="allow", frozen=True)
 
-class Provider(Section):
-    """An upstream that serves models. Its name (the table key) is what models refer to."""
+    kind: str = Field(description="Provider kind, registered by a plugin. Built in: 'openai' "
+                      "(api.openai.com), 'openai-compatible' (vLLM, Ollama, llama.cpp, "
+                      "OpenRouter... by base_url), 'anthropic', 'gemini', and 'simulated' (the "
+                      "built-in local fleet).")
 
-    kind: Literal["openai", "openai-compatible", "anthropic", "gemini", "simulated"] = Field(
-        description="Wire format: 'openai' (api.openai.com), 'openai-compatible' (vLLM, Ollama, "
-        "llama.cpp, OpenRouter... by base_url), 'anthropic', 'gemini', or 'simulated' (the "
-        "built-in local fleet).")
-    base_url: str | None = Field(default=None, description="API root; each kind has a default "
-                                 "except openai-compatible, which needs one.")
-    api_key: SecretStr | None = Field(default=None, description="Credential, usually '${ENV}'. "
-                                      "Never logged.")
-    timeout: Timeouts = Field(default_factory=Timeouts, description="HTTP client timeouts.")
-    max_connections: int = Field(default=100, ge=1, description="Pool size of its HTTP client.")
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra headers to send.")
-    api_version: str | None = Field(default=None, description="Anthropic: anthropic-version header.")
-
-    @model_validator(mode="after")
-    def _needs_base_url(self) -> "Provider":
-        if self.kind == "openai-compatible" and not self.base_url:
-            raise ValueError("kind 'openai-compatible' needs base_url, e.g. http://127.0.0.1:8000/v1")
-        return self
+    def __repr_args__(self):
+        # The rest of the table may hold credentials (api_key, headers): name the keys only.
+        yield "kind", self.kind
+        for key in self.model_extra or {}:
+            yield key, "..."
 
 
 CAPABILITIES = {"tools", "json", "streaming", "vision"}
@@ -144,19 +135,24 @@ class Model(Section):
 
 
 class Route(Section):
-    """A named route: candidate models in order and how to fall back between them."""
+    """A named route: candidate models in order, and the strategy that turns them into answers.
+
+    The strategy's own settings live in the route's sub-table named after it, validated by the
+    strategy's model: ``[routes.NAME.fallback]`` for the built-in fallback chain.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     models: list[str] = Field(min_length=1, description="Model names in preference order.")
-    strategy: Literal["fallback"] = Field(default="fallback", description="'fallback': try each "
-                                          "model in order until one answers.")
-    max_attempts: int = Field(default=4, ge=1, description="Attempts across all models, retries "
-                              "included.")
-    retry_after_cap_s: float = Field(default=5, ge=0, description="A 429 whose Retry-After is at "
-                                     "most this is waited out and retried; longer moves on.")
-    retries_per_model: int = Field(default=1, ge=0, description="Extra tries of the same model "
-                                   "after a timeout or 5xx before moving on.")
-    fallback_on_content_policy: bool = Field(default=False, description="Re-ask the next model "
-                                             "after a content-policy refusal.")
+    strategy: str = Field(default="fallback", description="Registered strategy that runs the "
+                          "route; built in: 'fallback' (try each model in order until one "
+                          "answers).")
+    validators: list[str] | None = Field(default=None, description="Registered validators that "
+                                         "judge every answer on this route; unset: all of them "
+                                         "(built in: 'json').")
+    max_attempts: int = Field(default=4, ge=1, description="Calls one request may make on this "
+                              "route, retries included; the kernel stops it there whatever the "
+                              "strategy or escalate plugins say.")
     attempt_timeout_s: float | None = Field(default=None, gt=0, description="Deadline of one "
                                             "attempt (non-streaming: the whole answer; streaming: "
                                             "the first chunk).")
@@ -185,21 +181,27 @@ class Routing(Section):
 
 
 class Plugins(Section):
-    """Which plugins load, beyond the built-ins and installed entry points."""
+    """Which plugins load, beyond the built-ins and installed entry points.
+
+    A plugin's own settings are the top-level table named after the plugin (``[record]``,
+    ``[telemetry]``, ``[simulation]``, ``[my_plugin]``), validated by the plugin's ``Settings``.
+    """
 
     load: list[str] = Field(default_factory=list, description="Import paths ('pkg.mod' or "
                             "'pkg.mod:Class') of extra plugins.")
     disable: list[str] = Field(default_factory=list, description="Names of plugins not to load.")
-    settings: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per-plugin "
-                                                "settings, by plugin name.")
 
 
-class Record(Section):
-    """The request log."""
+class StoreSection(Section):
+    """The shared state store (rate limits, budgets, caches): one per gateway.
 
-    enabled: bool = Field(default=True, description="Record every request.")
-    path: str = Field(default="turnout.db", description="SQLite file (WAL); ':memory:' for none "
-                      "on disk.")
+    The backend's own settings live in the sub-table named after it (``[store.memory]``).
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    backend: str = Field(default="memory", description="Registered store backend; built in: "
+                         "'memory' (this process only).")
 
 
 class Logging(Section):
@@ -210,79 +212,68 @@ class Logging(Section):
     format: Literal["json", "console"] = Field(default="json", description="'console' for humans.")
 
 
-class Telemetry(Section):
-    """OpenTelemetry traces; off unless an endpoint is set."""
-
-    otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP traces endpoint, e.g. "
-                                      "http://127.0.0.1:4318/v1/traces.")
-    service_name: str = Field(default="turnout", description="OpenTelemetry service.name.")
-
-
-class SimulatedModel(Section):
-    """One tier of the simulated fleet."""
-
-    latency_ms: float = Field(default=300, ge=0, description="Median time to the whole answer.")
-    jitter: float = Field(default=0.3, ge=0, description="Log-normal sigma of the latency.")
-    error_rate: float = Field(default=0.0, ge=0, le=1, description="Share of calls answered 5xx.")
-    rate_limit_rate: float = Field(default=0.0, ge=0, le=1, description="Share answered 429.")
-    quality: float = Field(default=0.7, ge=0, le=1, description="Share of answers that are right.")
-    tokens_per_s: float = Field(default=80, gt=0, description="Streaming speed.")
-
-
-class Simulation(Section):
-    """The simulated fleet served over local HTTP by providers of kind 'simulated'."""
-
-    host: str = Field(default="127.0.0.1", description="Address the fleet binds.")
-    port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port.")
-    models: dict[str, SimulatedModel] = Field(default_factory=dict, description="Upstream model "
-                                              "ids the fleet serves, with their behaviour.")
-    seed: int | None = Field(default=None, description="Seed of the fleet's dice, for runs that "
-                             "repeat exactly; unset: a new sequence each start.")
+KERNEL_SECTIONS = ("server", "providers", "models", "routes", "routing", "plugins", "store",
+                   "logging")
+"""Top-level keys the kernel owns; every other top-level table belongs to a plugin."""
 
 
 class Config(Section):
-    """The whole configuration."""
+    """The whole configuration: the kernel's sections, plus one table per plugin with settings."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     server: Server = Field(default_factory=Server, description="The HTTP API.")
-    providers: dict[str, Provider] = Field(default_factory=dict, description="Upstreams by name.")
+    providers: dict[str, ProviderEntry] = Field(default_factory=dict,
+                                                description="Upstreams by name.")
     models: dict[str, Model] = Field(default_factory=dict, description="Models by the name "
                                      "clients use.")
     routes: dict[str, Route] = Field(default_factory=dict, description="Named routes.")
     routing: Routing = Field(default_factory=Routing, description="How 'auto' is resolved.")
     plugins: Plugins = Field(default_factory=Plugins, description="Extra and disabled plugins.")
-    record: Record = Field(default_factory=Record, description="The request log.")
+    store: StoreSection = Field(default_factory=StoreSection, description="Shared state.")
     logging: Logging = Field(default_factory=Logging, description="Log level and format.")
-    telemetry: Telemetry = Field(default_factory=Telemetry, description="Tracing export.")
-    simulation: Simulation = Field(default_factory=Simulation, description="The simulated fleet.")
     source: str | None = Field(default=None, exclude=True, description="(set by the loader)")
+    text: str | None = Field(default=None, exclude=True, repr=False,
+                             description="(set by the loader: the file's text, for line numbers)")
 
-    @model_validator(mode="after")
-    def _references(self) -> "Config":
+    def section(self, name: str) -> Any:
+        """A plugin's top-level table as written (None when absent)."""
+        return (self.model_extra or {}).get(name)
+
+    def problems(self) -> list[Problem]:
+        """Every reference that points nowhere (models, routes, rules, the bind address)."""
+        found: list[Problem] = []
         for name, model in self.models.items():
             if model.provider not in self.providers:
-                raise ValueError(f"models.{name}.provider: no provider {model.provider!r}; "
-                                 f"providers: {sorted(self.providers)}")
+                found.append((("models", name, "provider"), f"no provider {model.provider!r}; "
+                              f"providers: {sorted(self.providers)}"))
         for name, route in self.routes.items():
             if name in self.models:
-                raise ValueError(f"routes.{name}: a model has the same name; rename one")
+                found.append((("routes", name), "a model has the same name; rename one"))
             for m in route.models:
                 if m not in self.models:
-                    raise ValueError(f"routes.{name}.models: no model {m!r}; "
-                                     f"models: {sorted(self.models)}")
+                    found.append((("routes", name, "models"), f"no model {m!r}; "
+                                  f"models: {sorted(self.models)}"))
         for i, rule in enumerate(self.routing.rules):
             if rule.route not in self.routes:
-                raise ValueError(f"routing.rules[{i}].route: no route {rule.route!r}")
+                found.append((("routing", "rules", i, "route"), f"no route {rule.route!r}; "
+                              f"routes: {sorted(self.routes)}"))
         if self.routing.default is not None and self.routing.default not in self.routes:
-            raise ValueError(f"routing.default: no route {self.routing.default!r}; "
-                             f"routes: {sorted(self.routes)}")
+            found.append((("routing", "default"), f"no route {self.routing.default!r}; "
+                          f"routes: {sorted(self.routes)}"))
         if not self.server.api_keys and self.server.host not in LOOPBACK:
-            raise ValueError(f"server.host: {self.server.host!r} is not loopback and no "
-                             "server.api_keys are set; add a key or bind 127.0.0.1")
-        return self
+            found.append((("server", "host"), f"{self.server.host!r} is not loopback and no "
+                          "server.api_keys are set; add a key or bind 127.0.0.1"))
+        return found
 
-    def plugin_settings(self, name: str) -> dict[str, Any]:
-        """Settings for one plugin (``[plugins.settings.NAME]``), empty if none."""
-        return self.plugins.settings.get(name, {})
+    def fail(self, problems: list[Problem]) -> None:
+        """Raise one ConfigError listing every problem, each with its file and line."""
+        if problems:
+            raise ConfigError(format_problems(problems, self.source or "config", self.text))
+
+
+Problem = tuple[tuple, str]
+"""A config problem: the key's path (as pydantic gives it) and what is wrong."""
 
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -292,41 +283,69 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def load(path: str | os.PathLike | None = None, *, environ: dict[str, str] | None = None) -> Config:
+def load(path: str | os.PathLike | None = None, *, environ: Mapping[str, str] | None = None,
+         lenient_env: bool = False, references: bool = True) -> Config:
     """Load and validate the config at ``path`` (or ``$TURNOUT_CONFIG``); the embedded default
-    when neither is given."""
+    when neither is given.
+
+    With ``lenient_env`` an unset ``${VAR}`` stays as written instead of failing: for commands
+    that read the file but call no provider (``turnout stats``). Without ``references`` the
+    references are left for the caller to check with the plugins' problems
+    (``turnout config check``).
+    """
     environ = os.environ if environ is None else environ
+    if lenient_env:
+        environ = _Lenient(environ)
     path = path or environ.get(CONFIG_ENV)
     if not path:
         from .defaults import embedded
 
-        return parse(embedded(environ), source="<embedded default>", environ=environ)
+        return parse(embedded(environ), source="<embedded default>", environ=environ,
+                     references=references)
     file = Path(path)
     try:
         text = file.read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config {str(file)!r}: {exc.strerror}") from None
-    return parse_text(text, source=str(file), environ=environ)
+    return parse_text(text, source=str(file), environ=environ, references=references)
 
 
-def parse_text(text: str, *, source: str, environ: dict[str, str] | None = None) -> Config:
+def parse_text(text: str, *, source: str, environ: Mapping[str, str] | None = None,
+               references: bool = True) -> Config:
     """Parse TOML or YAML text (by file suffix; TOML tried first when unknown)."""
     raw = _decode(text, source)
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the config must be a table/mapping at the top level")
     return parse(raw, source=source, text=text,
-                 environ=os.environ if environ is None else environ)
+                 environ=os.environ if environ is None else environ, references=references)
 
 
 def parse(raw: dict[str, Any], *, source: str, text: str | None = None,
-          environ: dict[str, str] | None = None) -> Config:
-    """Validate an already-decoded config tree."""
+          environ: Mapping[str, str] | None = None, references: bool = True) -> Config:
+    """Validate an already-decoded config tree: its schema, then every reference in it; each
+    step reports all of its problems at once."""
     raw = _interpolate(raw, (), source, text, os.environ if environ is None else environ)
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, source, text)) from None
-    return config.model_copy(update={"source": source})
+        raise ConfigError(format_problems(validation_problems(exc), source, text)) from None
+    config = config.model_copy(update={"source": source, "text": text})
+    if references:
+        config.fail(config.problems())
+    return config
+
+
+class _Lenient(dict):
+    """An environment in which an unset variable reads as its own ``${NAME}`` reference."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        super().__init__(environ)
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __missing__(self, name: str) -> str:
+        return "${%s}" % name
 
 
 def _decode(text: str, source: str) -> Any:
@@ -349,7 +368,7 @@ def _decode(text: str, source: str) -> Any:
 
 
 def _interpolate(node: Any, loc: tuple, source: str, text: str | None,
-                 environ: dict[str, str]) -> Any:
+                 environ: Mapping[str, str]) -> Any:
     if isinstance(node, dict):
         return {k: _interpolate(v, (*loc, k), source, text, environ) for k, v in node.items()}
     if isinstance(node, list):
@@ -368,10 +387,11 @@ def _interpolate(node: Any, loc: tuple, source: str, text: str | None,
     return node
 
 
-def _explain(exc: ValidationError, source: str, text: str | None) -> str:
-    lines = [f"invalid config {source}:"]
+def validation_problems(exc: ValidationError, prefix: tuple = ()) -> list[Problem]:
+    """A pydantic error as config problems; ``prefix`` is where the validated table sits."""
+    found: list[Problem] = []
     for err in exc.errors():
-        loc = tuple(err["loc"])
+        loc = (*prefix, *err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key; see docs/configuration.md for the keys this section takes"
@@ -380,7 +400,15 @@ def _explain(exc: ValidationError, source: str, text: str | None) -> str:
         got = err.get("input")
         shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, (dict, list)) \
             or "secret" in str(loc).lower() or "key" in str(loc[-1:]).lower() else f" (got {got!r})"
-        lines.append(f"  {_where(loc, source, text)}: {_dotted(loc) or '(top level)'}: {msg}{shown}")
+        found.append((loc, msg + shown))
+    return found
+
+
+def format_problems(problems: list[Problem], source: str, text: str | None) -> str:
+    """``invalid config FILE:`` and one ``FILE:LINE: key: problem`` line per problem."""
+    lines = [f"invalid config {source}:"]
+    for loc, msg in problems:
+        lines.append(f"  {_where(loc, source, text)}: {_dotted(loc) or '(top level)'}: {msg}")
     return "\n".join(lines)
 
 

@@ -1,59 +1,108 @@
-"""The configuration reference, generated from the schema so the docs cannot drift from it.
+"""The configuration reference, generated from the schemas so the docs cannot drift from them.
 
-``turnout config docs`` prints it; ``docs/configuration.md`` embeds it, and a test checks the two
-agree.
+The kernel's sections come from :mod:`turnout.kernel.config`; every other table from the models
+the loaded plugins declare: plugin sections (``[record]``), provider kinds
+(``[providers.NAME]``), strategy sub-tables (``[routes.NAME.fallback]``) and store backends
+(``[store.memory]``). ``turnout config docs`` prints it; ``docs/configuration.md`` embeds it,
+and a test checks the two agree.
 """
 
 from __future__ import annotations
 
 import typing
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from .config import Config
+from .config import Config, Logging, Model, Plugins, Route, Routing, Server, StoreSection
 
-SECTIONS: list[tuple[str, str]] = [
-    ("server", "[server]"),
-    ("server.api_keys", "[[server.api_keys]]"),
-    ("providers", "[providers.NAME]"),
-    ("providers.timeout", "[providers.NAME.timeout]"),
-    ("models", "[models.NAME]"),
-    ("routes", "[routes.NAME]"),
-    ("routing", "[routing]"),
-    ("routing.rules", "[[routing.rules]]"),
-    ("plugins", "[plugins]"),
-    ("record", "[record]"),
-    ("logging", "[logging]"),
-    ("telemetry", "[telemetry]"),
-    ("simulation", "[simulation]"),
-    ("simulation.models", "[simulation.models.NAME]"),
+if TYPE_CHECKING:
+    from .kernel import Kernel
+
+KERNEL: list[tuple[str, type[BaseModel]]] = [
+    ("[server]", Server),
+    ("[models.NAME]", Model),
+    ("[routes.NAME]", Route),
+    ("[routing]", Routing),
+    ("[plugins]", Plugins),
+    ("[store]", StoreSection),
+    ("[logging]", Logging),
 ]
+"""The kernel's own tables, in reading order."""
 
 
-def _section_model(path: str) -> type[BaseModel]:
-    model: type[BaseModel] = Config
-    for part in path.split("."):
-        annotation = model.model_fields[part].annotation
-        model = _inner_model(annotation)
-    return model
+def sections(kernel: Kernel) -> list[tuple[str, type[BaseModel]]]:
+    """Every table and its model: the kernel's, then what the kernel's plugins declare."""
+    out = list(KERNEL)
+    kinds: dict[type[BaseModel], list[str]] = {}
+    for kind, entry in kernel.provider_kinds.items():
+        kinds.setdefault(entry.settings, []).append(f'"{kind}"')
+    for model, names in kinds.items():
+        out.append((f"[providers.NAME] kind = {' or '.join(names)}", model))
+    for name, strategy in kernel.strategies.items():
+        model = getattr(strategy, "Settings", None)
+        if model is not None:
+            out.append((f"[routes.NAME.{name}]", model))
+    for backend, factory in kernel.store_backends.items():
+        model = getattr(factory, "Settings", None)
+        if model is not None:
+            out.append((f"[store.{backend}]", model))
+    for name, plugin in kernel.plugins.items():
+        model = getattr(plugin, "Settings", None)
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            out.append((f"[{name}]", model))
+    expanded: list[tuple[str, type[BaseModel]]] = []
+    for title, model in out:
+        for section in [(title, model), *_nested(title, model)]:
+            if section not in expanded:
+                expanded.append(section)
+    return expanded
 
 
-def _inner_model(annotation: typing.Any) -> type[BaseModel]:
+def _nested(title: str, model: type[BaseModel]) -> list[tuple[str, type[BaseModel]]]:
+    """Sub-tables of ``model`` (a field holding a model, or a dict of models), as sections."""
+    found = []
+    base = title.split(" kind")[0].strip("[]")
+    for name, field in model.model_fields.items():
+        inner = _inner_model(field.annotation)
+        if inner is None:
+            continue
+        origin = typing.get_origin(field.annotation)
+        sub = f"[{base}.{name}.NAME]" if origin is dict else (
+            f"[[{base}.{name}]]" if origin is list else f"[{base}.{name}]")
+        found.append((sub, inner))
+        found += _nested(sub, inner)
+    return found
+
+
+def builtin_kernel() -> Kernel:
+    """A kernel with the built-in plugins loaded (and nothing started), to read their models."""
+    from . import config as config_module
+    from .kernel import Kernel
+
+    kernel = Kernel(config_module.parse({}, source="(reference)"))
+    kernel.load_plugins()
+    return kernel
+
+
+def _inner_model(annotation: typing.Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in typing.get_args(annotation):
-        try:
-            return _inner_model(arg)
-        except TypeError:
-            continue
-    raise TypeError(f"no model in {annotation!r}")
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _type_name(annotation: typing.Any) -> str:
     text = str(annotation).replace("typing.", "").replace("pydantic.types.", "")
     text = text.replace("<class '", "").replace("'>", "")
-    return text.replace("turnout.kernel.config.", "").replace(" | ", " \\| ")
+    for prefix in ("turnout.kernel.config.", "turnout.adapters.providers.settings.",
+                   "turnout.adapters.simulated.settings."):
+        text = text.replace(prefix, "")
+    return text.replace(" | ", " \\| ")
 
 
 def _default(field) -> str:
@@ -65,29 +114,34 @@ def _default(field) -> str:
     return f"`{value!r}`"
 
 
-def reference() -> str:
+def reference(kernel: Kernel | None = None) -> str:
     """Markdown: one table per section, one row per key."""
-    out = []
-    for path, title in SECTIONS:
-        model = _section_model(path)
-        doc = (model.__doc__ or "").strip().splitlines()[0]
-        out.append(f"### `{title}`\n\n{doc}\n\n| key | type | default | meaning |\n|---|---|---|---|")
-        for name, field in model.model_fields.items():
-            if field.exclude:
-                continue
-            nested = isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
-            meaning = (field.description or "").replace("|", "\\|")
-            if nested or _is_model_collection(field.annotation):
-                meaning = meaning or "See its own section."
-            out.append(f"| `{name}` | `{_type_name(field.annotation)}` | {_default(field)} "
-                       f"| {meaning} |")
-        out.append("")
+    kernel = kernel or builtin_kernel()
+    out = [_table("(top level)", Config)]
+    for title, model in sections(kernel):
+        out.append(_table(title, model))
     return "\n".join(out)
 
 
-def _is_model_collection(annotation: typing.Any) -> bool:
-    try:
-        _inner_model(annotation)
-        return True
-    except TypeError:
-        return False
+def _table(title: str, model: type[BaseModel]) -> str:
+    doc = (model.__doc__ or "").strip().splitlines()[0]
+    rows = [f"### `{title}`\n\n{doc}\n\n| key | type | default | meaning |\n|---|---|---|---|"]
+    for name, field in model.model_fields.items():
+        if field.exclude:
+            continue
+        meaning = (field.description or "").replace("|", "\\|")
+        if _inner_model(field.annotation) is not None:
+            meaning = meaning or "See its own section."
+        rows.append(f"| `{name}` | `{_type_name(field.annotation)}` | {_default(field)} "
+                    f"| {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+def undocumented(kernel: Kernel | None = None) -> list[str]:
+    """Keys without a description, as ``section.key``: each key is documented where declared."""
+    kernel = kernel or builtin_kernel()
+    missing = []
+    for title, model in [("(top level)", Config), *sections(kernel)]:
+        missing += [f"{title} {name}" for name, field in model.model_fields.items()
+                    if not field.exclude and not field.description]
+    return missing

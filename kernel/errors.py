@@ -145,6 +145,14 @@ class ProviderAuthFailed(ProviderError):
     code = "upstream_auth_failed"
 
 
+class ProviderMissing(ProviderError):
+    """No plugin answered a step and no configured provider serves its model (503); the
+    strategy moves on to the next model."""
+
+    status = 503
+    code = "provider_missing"
+
+
 class StreamBroken(ProviderError):
     """A stream was cut, or carried an error event, after it had started."""
 
@@ -183,6 +191,15 @@ class NoRoute(TurnoutError):
     code = "no_route"
 
 
+class AttemptsExhausted(TurnoutError):
+    """The request made every call it may (``routes.NAME.max_attempts`` or
+    ``server.max_attempts_per_request``) without an answer (502)."""
+
+    status = 502
+    type = "upstream_error"
+    code = "attempts_exhausted"
+
+
 class ValidationFailed(TurnoutError):
     """Every answer failed validation and no escalation was left (502)."""
 
@@ -201,6 +218,13 @@ class PluginError(TurnoutError):
         super().__init__(message)
         self.plugin = plugin
         self.hook = hook
+
+
+class HookCallError(TurnoutError):
+    """The kernel (or a strategy) called a hook without an argument its spec declares; a bug in
+    the caller, not in any plugin."""
+
+    code = "hook_call_error"
 
 
 class ConfigError(TurnoutError):

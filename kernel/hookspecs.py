@@ -1,41 +1,67 @@
 """The request lifecycle as hooks: the whole plugin contract of Turnout.
 
-Hooks are listed in the order they fire for one request: classify, route, call, validate,
-escalate, record; then the process-level hooks startup, shutdown and alert.
+Read top to bottom, this module is the life of one request: classify; route, in three phases
+(select_route, filter_candidates, plan_route); call; validate; escalate; record. Then the
+process-level hooks (startup, shutdown, alert), and last the registration hooks through which
+plugins hand the kernel named things once, at load: provider kinds, strategies, validators, store
+backends, HTTP routes and CLI commands.
 
-Every hook may be implemented as a plain function or as ``async def``; the kernel awaits what is
-awaitable. Implementations take only the arguments they name, so hooks can gain arguments without
-breaking plugins. ``tryfirst``/``trylast`` order implementations, and within the same mark the
-plugin registered last is called first (built-ins, then entry points, then config paths).
-``wrapper`` and ``hookwrapper`` implementations are refused (they would see un-awaited
-coroutines), so timing and tracing live in the kernel.
+The dispatch is declared here, not at the call sites: a spec marked ``firstresult=True`` is walked
+in call order until an implementation answers (something other than None); every other spec runs
+all its implementations and gathers their answers. Specs marked :func:`isolated` log and skip an
+implementation that raises instead of failing the caller. A result whose type does not match the
+spec's return annotation is refused with the plugin's name.
 
-"First answer wins" hooks are walked in pluggy's call order, each implementation awaited, until one
-returns something other than None. "All answers gathered" hooks run every implementation
-concurrently and collect the non-None results.
+Every request hook may be a plain function or ``async def``; the kernel awaits what is awaitable.
+Registration hooks are plain functions (they run once, while plugins load). Implementations take
+only the arguments they name, so hooks can gain arguments without breaking plugins.
+``tryfirst``/``trylast`` order implementations, and within the same mark the plugin registered last
+is called first (built-ins, then entry points, then config paths). ``wrapper`` and ``hookwrapper``
+implementations are refused (they would see un-awaited coroutines).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Callable
 
 import pluggy
 
+from .types import Alert, Completion, Context, Escalation, Plan, Selection, Step, Stream, Verdict
+
 if TYPE_CHECKING:
     from .kernel import Kernel
-    from .types import Alert, Completion, Context, Escalation, Plan, Step, Stream, Verdict
 
 PROJECT = "turnout"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-# ---------------------------------------------------------------------------------------------
+ISOLATED = PROJECT + "_isolated"
+REGISTRATION = PROJECT + "_registration"
+
+__all__ = ["Alert", "Completion", "Context", "Escalation", "Plan", "Selection", "Step", "Stream",
+           "Verdict", "hookimpl", "hookspec"]
+
+
+def isolated(spec: Callable) -> Callable:
+    """Mark a spec whose failing implementations are logged and skipped, never failing the caller
+    (recorders, alert delivery, shutdown)."""
+    setattr(spec, ISOLATED, True)
+    return spec
+
+
+def registration(spec: Callable) -> Callable:
+    """Mark a registration spec: plain implementations only, called once while plugins load."""
+    setattr(spec, REGISTRATION, True)
+    return spec
+
+
+# =============================================================================================
 # classify: the request has been accepted
-# ---------------------------------------------------------------------------------------------
+# =============================================================================================
 
 
 @hookspec
-def classify(ctx: Context) -> dict[str, Any] | None:
+def classify(ctx: Context) -> dict | None:
     """Describe the request with labels, before it is routed.
 
     Fires once per request (and per sub-request), right after the request is accepted.
@@ -48,69 +74,107 @@ def classify(ctx: Context) -> dict[str, Any] | None:
     """
 
 
-# ---------------------------------------------------------------------------------------------
-# route: choose the models and the strategy
-# ---------------------------------------------------------------------------------------------
+# =============================================================================================
+# route, phase 1 of 3: select the route
+# =============================================================================================
 
 
-@hookspec
-def route(ctx: Context) -> Plan | None:
-    """Choose the candidate models, narrow and order them, and turn them into a plan.
+@hookspec(firstresult=True)
+def select_route(ctx: Context) -> Selection | None:
+    """Choose the route (and so the candidate models) for a request that asked for ``auto``.
 
-    Fires once per request after classify. Implementations run in three phases, by pluggy order:
+    Fires once per ``auto`` request after classify; a request that names a route or a model has
+    its candidates already and skips this phase. The built-in rules router answers last with the
+    first matching ``[[routing.rules]]`` entry or ``routing.default``.
 
-    - ``tryfirst=True``: selection. For ``model: auto`` ``ctx.route`` is ``"auto"`` and
-      ``ctx.candidates`` is empty; a router (the built-in rules router) picks the route and sets
-      ``ctx.route`` and ``ctx.candidates``. For a route or model asked for by name both are set.
-    - plain: filters (context-window fit, capabilities, budget, health, rate limits) drop models
-      with ``ctx.drop(model, reason)`` and return None.
-    - ``trylast=True``: strategies turn the remaining candidates into a
-      :class:`~turnout.kernel.types.Plan` (the built-in fallback chain is the last resort).
-
-    Any implementation may return a plan early. Write why into ``ctx.decision``.
-
-    :param ctx: The request context, labels set.
-    :return: A plan, or None to let the next implementation decide.
-
-    Stops at the first non-None result. If none answers, the request fails with ``NoRoute``.
-    """
-
-
-# ---------------------------------------------------------------------------------------------
-# call: get an answer for one step of the plan
-# ---------------------------------------------------------------------------------------------
-
-
-@hookspec
-def call(ctx: Context, step: Step) -> Completion | Stream | None:
-    """Answer one step of the plan: a cache hit, or the provider that serves ``step.model``.
-
-    Fires once per attempt. A provider answers only for models whose ``provider`` is its own name.
-    For ``ctx.request.stream`` a provider returns an async iterator of
-    :class:`~turnout.kernel.types.Chunk`; otherwise a :class:`~turnout.kernel.types.Completion`
-    (a cache may return a Completion for a stream too; the kernel replays it as chunks). Failures
-    are raised as ``turnout.kernel.errors.ProviderError`` subclasses.
-
-    :param ctx: The request context.
-    :param step: The step to answer: ``step.model`` is the model profile, ``step.timeout_s`` the
-        attempt's deadline.
-    :return: The answer, or None when this plugin does not serve the step.
+    :param ctx: The request context, labels set; ``ctx.route`` is ``"auto"``.
+    :return: A :class:`~turnout.kernel.types.Selection` naming the route (and, optionally, its own
+        list of models), or None to let the next router decide.
 
     Stops at the first non-None result.
     """
 
 
-# ---------------------------------------------------------------------------------------------
+# =============================================================================================
+# route, phase 2 of 3: filter the candidates
+# =============================================================================================
+
+
+@hookspec
+def filter_candidates(ctx: Context) -> None:
+    """Drop (or reorder) candidate models: context-window fit, capabilities, budget, health.
+
+    Fires once per request after the route is known. Drop a model with ``ctx.drop(model,
+    reason)``, which also writes why into the decision record; reorder by assigning a new list to
+    ``ctx.candidates``. Plain implementations run one after another in call order, ``async``
+    ones concurrently.
+
+    :param ctx: The request context; ``ctx.route`` and ``ctx.candidates`` are set.
+    :return: Nothing: plans are made in :func:`plan_route`.
+
+    All implementations run.
+    """
+
+
+# =============================================================================================
+# route, phase 3 of 3: plan
+# =============================================================================================
+
+
+@hookspec(firstresult=True)
+def plan_route(ctx: Context) -> Plan | None:
+    """Turn the remaining candidates into a plan: a strategy and its ordered steps.
+
+    Fires once per request after the filters. When no plugin answers, the kernel plans the
+    route's own strategy (``routes.NAME.strategy``, ``fallback`` by default) over the remaining
+    candidates in order. The plan's strategy must be registered (:func:`register_strategies`).
+
+    :param ctx: The request context; ``ctx.candidates`` holds what the filters left.
+    :return: A :class:`~turnout.kernel.types.Plan`, or None to let the next plugin (and at last
+        the route's own strategy) decide.
+
+    Stops at the first non-None result.
+    """
+
+
+# =============================================================================================
+# call: get an answer for one step of the plan
+# =============================================================================================
+
+
+@hookspec(firstresult=True)
+def call(ctx: Context, step: Step) -> Completion | Stream | None:
+    """Answer one step instead of its provider: a cache hit, a canned reply, a test double.
+
+    Fires once per attempt, before the provider. When no plugin answers, the provider that the
+    config names for ``step.model.provider`` answers (a lookup, see
+    :func:`register_providers`). For ``ctx.request.stream`` return an async iterator of
+    :class:`~turnout.kernel.types.Chunk` or a :class:`~turnout.kernel.types.Completion` (the
+    kernel replays it as chunks). Failures are raised as ``turnout.kernel.errors.ProviderError``
+    subclasses.
+
+    :param ctx: The request context.
+    :param step: The step to answer: ``step.model`` is the model profile, ``step.timeout_s`` the
+        attempt's deadline.
+    :return: The answer, or None to let the provider answer.
+
+    Stops at the first non-None result.
+    """
+
+
+# =============================================================================================
 # validate: judge an answer
-# ---------------------------------------------------------------------------------------------
+# =============================================================================================
 
 
 @hookspec
 def validate(ctx: Context, completion: Completion) -> Verdict | None:
     """Judge one answer: JSON that parses, a schema, a length, a judge model's score.
 
-    Fires after every successful call. For streams it fires once the stream has ended, when the
-    answer can no longer be replaced; its verdicts are then recorded, not acted on.
+    Fires after every successful call, beside the validators the route names
+    (``routes.NAME.validators``, see :func:`register_validators`). For streams it fires once the
+    stream has ended, when the answer can no longer be replaced; its verdicts are then recorded,
+    not acted on.
 
     :param ctx: The request context.
     :param completion: The answer to judge.
@@ -120,18 +184,19 @@ def validate(ctx: Context, completion: Completion) -> Verdict | None:
     """
 
 
-# ---------------------------------------------------------------------------------------------
+# =============================================================================================
 # escalate: decide what happens after an error or a failed verdict
-# ---------------------------------------------------------------------------------------------
+# =============================================================================================
 
 
-@hookspec
-def escalate(ctx: Context, error: Exception | None, verdicts: list[Verdict]) -> Escalation | None:
+@hookspec(firstresult=True)
+def escalate(ctx: Context, error: Exception | None, verdicts: list) -> Escalation | None:
     """Decide the next move after a failed attempt: retry, next step, or stop.
 
-    Fires after a call raised (``error`` set) or an answer failed validation (``verdicts`` holds
-    the failing ones). ``ctx.plan.cursor`` points at the step that failed; ``ctx.attempts[-1]`` is
-    the failed attempt.
+    Fires when a strategy asks (the built-in ``fallback`` strategy asks after every failed
+    attempt), unless the request has used up its attempts (``routes.NAME.max_attempts``), which
+    stops it without asking. ``ctx.plan.cursor`` points at the step that failed;
+    ``ctx.attempts[-1]`` is the failed attempt.
 
     :param ctx: The request context.
     :param error: The error the call raised, or None for a failed verdict.
@@ -142,39 +207,41 @@ def escalate(ctx: Context, error: Exception | None, verdicts: list[Verdict]) -> 
     """
 
 
-# ---------------------------------------------------------------------------------------------
+# =============================================================================================
 # record: the request has ended
-# ---------------------------------------------------------------------------------------------
+# =============================================================================================
 
 
+@isolated
 @hookspec
 def record(ctx: Context) -> None:
     """See the outcome of a request that ended, answered or failed; fires exactly once per request.
 
     ``ctx.status`` is ``ok``, ``error`` or ``cancelled``; ``ctx.completion`` or ``ctx.error`` says
-    what came of it, ``ctx.attempts`` and ``ctx.decision`` how. Runs shielded from cancellation, so
-    a client hanging up does not lose the record. A recorder that raises is logged and never fails
-    the request.
+    what came of it, ``ctx.attempts`` and ``ctx.decision`` how. A sub-request is recorded before
+    its parent, and the parent's spend includes it (``ctx.spend_usd``). Runs shielded from
+    cancellation, so a client hanging up does not lose the record.
 
     :param ctx: The finished request context.
     :return: Nothing.
 
-    All implementations run.
+    All implementations run; one that raises is logged and never fails the request.
     """
 
 
-# ---------------------------------------------------------------------------------------------
+# =============================================================================================
 # process lifecycle and alerts
-# ---------------------------------------------------------------------------------------------
+# =============================================================================================
 
 
 @hookspec
 def startup(kernel: Kernel) -> None:
-    """Open pools and stores, and register models, before the first request.
+    """Open pools, read settings and register models, before the first request.
 
-    Fires once when the gateway starts. Register models with ``kernel.models.register(profile)``;
-    read your settings from ``kernel.config.plugin_settings(name)``. An exception here stops
-    startup with the plugin's name in the message.
+    Fires once when the gateway starts, after the plugins' settings are validated and before the
+    providers and the store are built. Read your settings with ``kernel.plugin_settings(self)``;
+    register models with ``kernel.models.register(profile)``. An exception here stops startup
+    with the plugin's name in the message.
 
     :param kernel: The kernel.
     :return: Nothing.
@@ -183,6 +250,7 @@ def startup(kernel: Kernel) -> None:
     """
 
 
+@isolated
 @hookspec
 def shutdown(kernel: Kernel) -> None:
     """Close pools and stores and flush what is buffered, after the last request.
@@ -194,16 +262,123 @@ def shutdown(kernel: Kernel) -> None:
     """
 
 
+@isolated
 @hookspec
 def alert(alert: Alert) -> None:
     """Deliver an alert: a budget threshold crossed, latency over its bound, a provider down.
 
     Fires when a rule fires or clears (``alert.resolved``). Delivery plugins (log, webhook, Slack)
-    de-duplicate on ``alert.name`` and ``alert.labels``. One that raises is logged and never fails
-    the request that raised the alert.
+    de-duplicate on ``alert.name`` and ``alert.labels``.
 
     :param alert: The alert.
     :return: Nothing.
 
-    All implementations run.
+    All implementations run; one that raises is logged and never fails the request that raised
+    the alert.
     """
+
+
+# =============================================================================================
+# registration: named things, handed over once while plugins load
+# =============================================================================================
+
+
+@registration
+@hookspec
+def register_providers(register: Callable[..., None]) -> None:
+    """Register provider kinds that ``[providers.NAME] kind = "..."`` can name.
+
+    Call ``register(kind, factory, settings=None)``: ``factory(name, settings)`` returns a
+    :class:`~turnout.kernel.provider.Provider` for one configured provider; ``settings`` is the
+    pydantic model that validates its ``[providers.NAME]`` table (default: ``factory.Settings``).
+
+    :param register: The callback.
+    :return: Nothing.
+
+    All implementations run, once, while plugins load; a kind registered twice is an error.
+    """
+
+
+@registration
+@hookspec
+def register_strategies(register: Callable[..., None]) -> None:
+    """Register strategies that ``routes.NAME.strategy`` and plans can name.
+
+    Call ``register(name, strategy)`` with a :class:`~turnout.kernel.strategy.Strategy`; its
+    ``Settings`` model validates the route's ``[routes.NAME.<name>]`` sub-table.
+
+    :param register: The callback.
+    :return: Nothing.
+
+    All implementations run, once, while plugins load; a name registered twice is an error.
+    """
+
+
+@registration
+@hookspec
+def register_validators(register: Callable[..., None]) -> None:
+    """Register validators that ``routes.NAME.validators`` can name.
+
+    Call ``register(name, check)`` where ``check(ctx, completion)`` returns a
+    :class:`~turnout.kernel.types.Verdict` or None (does not apply); it may be ``async``.
+
+    :param register: The callback.
+    :return: Nothing.
+
+    All implementations run, once, while plugins load; a name registered twice is an error.
+    """
+
+
+@registration
+@hookspec
+def register_stores(register: Callable[..., None]) -> None:
+    """Register store backends that ``[store] backend = "..."`` can name.
+
+    Call ``register(backend, factory)``: ``factory(settings)`` returns a
+    :class:`~turnout.kernel.store.Store`; ``factory.Settings`` validates ``[store.<backend>]``.
+
+    :param register: The callback.
+    :return: Nothing.
+
+    All implementations run, once, while plugins load; a backend registered twice is an error.
+    """
+
+
+@registration
+@hookspec
+def register_http_routes(register: Callable[..., None]) -> None:
+    """Register HTTP endpoints served beside the API (``/metrics``, ``/slack/events``).
+
+    Call ``register(path, endpoint, methods=("GET",))``: ``endpoint(request)`` is an async
+    Starlette endpoint returning a response. Keep the kernel from ``startup`` to reach it.
+
+    :param register: The callback.
+    :return: Nothing.
+
+    All implementations run, once, while plugins load; a path and method registered twice is an
+    error.
+    """
+
+
+@registration
+@hookspec
+def register_commands(register: Callable[..., None]) -> None:
+    """Register ``turnout`` CLI sub-commands.
+
+    Call ``register(name, run, help="...", arguments=None)``: ``arguments(parser)`` adds the
+    command's options to its ``argparse`` parser; ``run(args)`` does the work and returns the
+    exit status. Commands come from built-in and installed (entry point) plugins.
+
+    :param register: The callback.
+    :return: Nothing.
+
+    All implementations run, once, while plugins load; a name registered twice is an error.
+    """
+
+
+MOVED: dict[str, str] = {
+    "route": "the route event is three hooks now: select_route (return a Selection for 'auto'), "
+             "filter_candidates (drop models with ctx.drop, return None) and plan_route (return "
+             "a Plan); implement the one your plugin's job belongs to",
+}
+"""Hooks that were renamed or split, with what to implement instead; named in load errors."""

@@ -1,36 +1,47 @@
 """The kernel: runs one request through classify, route, call, validate, escalate and record.
 
 It owns no policy. Which model answers, how failures fall back, what is cached or recorded: all of
-that is plugins. The kernel walks the plan, keeps the attempts, traces each step, and makes sure
-every request is recorded exactly once, whatever happens to the client.
+that is plugins. The kernel resolves what was asked for, fires the route phases, hands the plan to
+the strategy the plan names, runs the attempts the strategy asks for (traced, counted and capped),
+and makes sure every request is recorded exactly once, whatever happens to the client. Frontends
+use :meth:`Kernel.ask` and :meth:`Kernel.ask_stream`.
 """
 
 from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from typing import Any, AsyncIterator
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
 
 import anyio
 import structlog
 from opentelemetry import trace
+from pydantic import BaseModel
 
-from . import config as config_module
 from . import tokens
-from .config import Config
+from .config import Config, Route
 from .errors import (
+    AttemptsExhausted,
+    ConfigError,
     NoRoute,
     PluginError,
     ProviderError,
+    ProviderMissing,
     ProviderTimeout,
     StreamBroken,
+    TurnoutError,
     UnknownModel,
     ValidationFailed,
 )
-from .manager import PluginManager
-from .registry import ModelRegistry
+from .manager import PluginManager, resolve
+from .provider import Provider, ProviderSettings
+from .registry import ModelRegistry, Registry
+from .store import Store
+from .strategy import AttemptFailed, Run, Strategy
 from .types import (
     Alert,
+    Answer,
     Attempt,
     ChatRequest,
     Chunk,
@@ -39,10 +50,12 @@ from .types import (
     Escalation,
     ModelProfile,
     Plan,
+    Selection,
     Step,
     Usage,
     Verdict,
 )
+from .wiring import Wiring, settings_model, wire
 
 log = structlog.get_logger("turnout.kernel")
 tracer = trace.get_tracer("turnout")
@@ -55,11 +68,13 @@ BUILTINS = {
     "fit": "turnout.plugins.fit",
     "fallback": "turnout.plugins.fallback:Fallback",
     "json_validator": "turnout.plugins.json_validator",
-    "sqlite_recorder": "turnout.plugins.sqlite_recorder:SQLiteRecorder",
+    "record": "turnout.plugins.sqlite_recorder:SQLiteRecorder",
     "request_log": "turnout.plugins.request_log",
     "log_alerts": "turnout.plugins.log_alerts",
     "telemetry": "turnout.plugins.telemetry:Telemetry",
-    "providers": "turnout.adapters.providers:Providers",
+    "providers": "turnout.adapters.providers",
+    "simulation": "turnout.adapters.simulated.plugin:Simulation",
+    "stores": "turnout.adapters.stores",
 }
 """Built-in plugins, loaded through the same path as third-party ones."""
 
@@ -69,9 +84,50 @@ AUTO = "auto"
 ESTIMATED_ANSWER_TOKENS = 256
 """Answer length assumed for the decision's cost estimate when the request sets no max_tokens."""
 
+DEFAULT_ROUTE = Route(models=["(a model asked for by name)"])
+"""The route settings of a request that names a model, or of a route a router made up."""
+
+
+@dataclass(slots=True, frozen=True)
+class ProviderKind:
+    """A registered provider kind: how to build one, and the model of its settings."""
+
+    factory: Callable[[str, Any], Provider]
+    settings: type[BaseModel]
+
+
+@dataclass(slots=True, frozen=True)
+class HttpRoute:
+    """An HTTP endpoint a plugin serves beside the API."""
+
+    endpoint: Callable[..., Any]
+    methods: tuple[str, ...]
+
+
+@dataclass(slots=True, frozen=True)
+class Command:
+    """A ``turnout`` sub-command a plugin adds."""
+
+    run: Callable[[Any], int]
+    help: str
+    arguments: Callable[[Any], None] | None
+
+
+@dataclass(slots=True)
+class Started:
+    """A stream whose first chunk has arrived, and where it comes from: an attempt of this
+    request (``attempt`` set), a sub-request's stream (``rest`` is its AnswerStream), or a
+    whole answer replayed as chunks (``completion`` set)."""
+
+    first: Chunk
+    rest: Any
+    step: Step | None = None
+    attempt: Attempt | None = None
+    completion: Completion | None = None
+
 
 class Kernel:
-    """One gateway process: config, plugins, models, and the request pipeline."""
+    """One gateway process: config, plugins, registries, and the request pipeline."""
 
     def __init__(self, config: Config, *, plugins: PluginManager | None = None,
                  builtins: dict[str, str] = BUILTINS) -> None:
@@ -79,39 +135,103 @@ class Kernel:
         self.models = ModelRegistry.from_config(config)
         self.plugins = plugins or PluginManager()
         self._builtins = builtins
+        self.provider_kinds: Registry[ProviderKind] = Registry(
+            "provider kind", lambda factory, settings=None: ProviderKind(
+                factory, settings or settings_model(factory) or ProviderSettings))
+        self.strategies: Registry[Strategy] = Registry("strategy")
+        self.validators: Registry[Callable[..., Any]] = Registry("validator")
+        self.store_backends: Registry[Callable[..., Store]] = Registry("store backend")
+        self.http_routes: Registry[HttpRoute] = Registry(
+            "HTTP route", lambda endpoint, methods=("GET",): HttpRoute(endpoint, tuple(methods)))
+        self.commands: Registry[Command] = Registry(
+            "command", lambda run, help="", arguments=None: Command(run, help, arguments))
+        self.wiring = Wiring()
+        self.providers: dict[str, Provider] = {}
+        """Configured providers by name, built at start."""
+        self.store: Store | None = None
+        """The shared state store, built at start from ``[store]``."""
+        self.loaded = False
         self.started = False
         self.tracing = False
+        self._route_validators: dict[str, list[tuple[str, Callable[..., Any]]]] = {}
+        self._default_strategy_settings: dict[str, BaseModel] = {}
 
     # --- lifecycle -----------------------------------------------------------------------------
 
     def load_plugins(self) -> None:
-        """Load built-ins, entry points and config-named plugins; fails fast on a bad one."""
+        """Load plugins, run their registration hooks, and validate every table they own;
+        raises one ConfigError listing every problem, each with its file and line."""
+        problems: list = []
         self.plugins.load(builtins=self._builtins, paths=self.config.plugins.load,
-                          disable=self.config.plugins.disable)
-        known = set(self.plugins.names())
-        for name in self.config.plugins.settings:
-            if name not in known:
-                raise config_module.ConfigError(
-                    f"plugins.settings.{name}: no plugin {name!r} is loaded; "
-                    f"loaded plugins: {', '.join(sorted(known))}")
+                          disable=self.config.plugins.disable, problems=problems)
+        hook = self.plugins.hook
+        for caller, registry in ((hook.register_providers, self.provider_kinds),
+                                 (hook.register_strategies, self.strategies),
+                                 (hook.register_validators, self.validators),
+                                 (hook.register_stores, self.store_backends),
+                                 (hook.register_http_routes, self.http_routes),
+                                 (hook.register_commands, self.commands)):
+            caller.register(registry.callback)
+        self.wiring = wire(self)
+        self.config.fail(self.config.problems() + problems + self.wiring.problems)
+        for name, route in self.config.routes.items():
+            self._route_validators[name] = self._validators_for(route)
+        self._route_validators[""] = self._validators_for(DEFAULT_ROUTE)
+        self.loaded = True
+
+    def _validators_for(self, route: Route) -> list[tuple[str, Callable[..., Any]]]:
+        names = self.validators.names() if route.validators is None else route.validators
+        return [(name, self.validators[name]) for name in names]
+
+    def plugin_settings(self, plugin: object | str) -> Any:
+        """A plugin's validated settings (its ``Settings`` model filled from its table), by
+        plugin object or name; None for a plugin that declares no settings."""
+        name = plugin if isinstance(plugin, str) else self.plugins.name_of(plugin)
+        return self.wiring.plugins.get(name) if name is not None else None
 
     async def start(self) -> None:
-        """Load plugins if none are, then run every ``startup`` hook."""
-        if not self.plugins.names():
+        """Load plugins if none are, run every ``startup`` hook, then build the providers and
+        the store; the tokenizer is loaded here, not on the first request."""
+        if not self.loaded:
             self.load_plugins()
-        await self.plugins.call_all("startup", kernel=self)
+        await anyio.to_thread.run_sync(tokens.count, "warm up the tokenizer")
+        await self.plugins.hook.startup(kernel=self)
+        for name, settings in self.wiring.providers.items():
+            kind = self.provider_kinds[settings.kind]
+            try:
+                self.providers[name] = kind.factory(name, settings)
+            except TurnoutError:
+                raise
+            except Exception as exc:
+                raise ConfigError(f"providers.{name}: cannot start provider kind "
+                                  f"{settings.kind!r} ({self.provider_kinds.owners[settings.kind]}): "
+                                  f"{type(exc).__name__}: {exc}") from None
+        backend = self.config.store.backend
+        self.store = self.store_backends[backend](self.wiring.store)
         # Plugins install a tracer provider at startup (the telemetry plugin does); without one,
         # spans would be no-ops, so the kernel skips creating them at all.
         self.tracing = not isinstance(trace.get_tracer_provider(),
                                       (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
         self.started = True
         log.info("kernel_started", plugins=self.plugins.names(), models=len(self.models),
-                 routes=sorted(self.config.routes))
+                 routes=sorted(self.config.routes), providers=sorted(self.providers),
+                 store=backend)
 
     async def stop(self) -> None:
-        """Run every ``shutdown`` hook; one that fails does not stop the others."""
+        """Run every ``shutdown`` hook, then close the providers and the store; one that fails
+        does not stop the others."""
         with anyio.CancelScope(shield=True):
-            await self.plugins.call_all("shutdown", isolate=True, kernel=self)
+            await self.plugins.hook.shutdown(kernel=self)
+            closing: list[Any] = [*self.providers.values(), self.store]
+            for resource in closing:
+                if resource is None:
+                    continue
+                try:
+                    await resource.aclose()
+                except Exception:  # noqa: BLE001 - closing one must not keep the rest open
+                    log.exception("close_failed", resource=type(resource).__name__)
+            self.providers.clear()
+            self.store = None
         self.started = False
 
     async def __aenter__(self) -> "Kernel":
@@ -123,7 +243,45 @@ class Kernel:
 
     async def alert(self, alert: Alert) -> None:
         """Deliver an alert to every ``alert`` plugin; delivery failures are only logged."""
-        await self.plugins.call_all("alert", isolate=True, alert=alert)
+        await self.plugins.hook.alert(alert=alert)
+
+    # --- the frontends' API --------------------------------------------------------------------
+
+    async def ask(self, request: ChatRequest, *, client: str | None = None,
+                  request_id: str | None = None) -> Answer:
+        """Answer ``request`` (not streaming) and say what it took: model, route, strategy,
+        cost, latency, attempts and the decision record.
+
+        Raises a :class:`~turnout.kernel.errors.TurnoutError`; once the request was accepted the
+        error carries ``error.answer``, the same account for the failed request.
+        """
+        ctx = self._accept(request, client, request_id)
+        try:
+            await self.complete(ctx)
+        except TurnoutError as exc:
+            exc.answer = Answer.of(ctx)  # type: ignore[attr-defined]
+            raise
+        return Answer.of(ctx)
+
+    async def ask_stream(self, request: ChatRequest, *, client: str | None = None,
+                         request_id: str | None = None) -> AnswerStream:
+        """Answer ``request`` as a stream: returns once the first chunk has arrived (fallback
+        happens before that), then iterate the chunks; ``stream.answer`` says what it took so
+        far. Errors as :meth:`ask`; after the first chunk a failure ends the iteration with
+        :class:`~turnout.kernel.errors.StreamBroken`. Close the stream when done with it."""
+        ctx = self._accept(request.model_copy(update={"stream": True})
+                           if not request.stream else request, client, request_id)
+        try:
+            return await self.stream(ctx)
+        except TurnoutError as exc:
+            exc.answer = Answer.of(ctx)  # type: ignore[attr-defined]
+            raise
+
+    def _accept(self, request: ChatRequest, client: str | None, request_id: str | None) -> Context:
+        fields: dict[str, Any] = {"client": client}
+        if request_id is not None:
+            fields["request_id"] = request_id
+        return self.context(request, **fields)
 
     # --- the pipeline --------------------------------------------------------------------------
 
@@ -138,17 +296,23 @@ class Kernel:
         try:
             with self._span(ctx):
                 await self._prepare(ctx)
-                completion = await self._run_plan(ctx, self._call_whole)
-            ctx.completion = completion
+                result = await self._run_strategy(ctx)
+            if not isinstance(result, Completion):
+                raise PluginError(f"strategy {ctx.plan.strategy!r} returned "
+                                  f"{type(result).__name__} for a non-streaming request; "
+                                  "return a Completion",
+                                  plugin=self.strategies.owners.get(ctx.plan.strategy, "?"),
+                                  hook="register_strategies")
+            ctx.completion = result
             ctx.status = "ok"
-            return completion
+            return result
         except BaseException as exc:
             self._fail(ctx, exc)
             raise
         finally:
             await self._record(ctx)
 
-    async def stream(self, ctx: Context) -> AsyncIterator[Chunk]:
+    async def stream(self, ctx: Context) -> AnswerStream:
         """Answer a streaming request.
 
         Fallback happens until the first chunk arrives; this coroutine returns only then, so the
@@ -159,22 +323,26 @@ class Kernel:
         try:
             with self._span(ctx):
                 await self._prepare(ctx)
-                first, rest = await self._run_plan(ctx, self._call_first_chunk)
+                started = await self._started(ctx, await self._run_strategy(ctx))
         except BaseException as exc:
             self._fail(ctx, exc)
             await self._record(ctx)
             raise
-        return RelayStream(self, ctx, first, rest)
+        return AnswerStream(self, ctx, started)
 
     async def explain(self, ctx: Context) -> dict[str, Any]:
         """Classify and route without calling any model; the decision record and labels."""
         await self._prepare(ctx)
         return {"labels": ctx.labels, **ctx.decision}
 
-    async def subrequest(self, parent: Context, request: ChatRequest) -> Completion:
+    async def subrequest(self, parent: Context, request: ChatRequest) -> Completion | AnswerStream:
         """Run a sub-request for a multi-call strategy: classified, routed, traced and recorded
-        under ``parent``."""
+        under ``parent``, its spend, tokens and attempts counted in the parent's. Streams when
+        ``request.stream`` is set."""
         ctx = self.context(request, parent=parent, client=parent.client)
+        parent.children.append(ctx)
+        if request.stream:
+            return await self.stream(ctx)
         return await self.complete(ctx)
 
     # --- steps of the pipeline -----------------------------------------------------------------
@@ -187,6 +355,7 @@ class Kernel:
         elif name == AUTO:
             ctx.route = AUTO
         elif (model := self.models.get(name)) is not None:
+            ctx.route = name
             ctx.candidates = [model]
         else:
             raise UnknownModel(
@@ -199,13 +368,42 @@ class Kernel:
         return [m for name in self.config.routes[route].models
                 if (m := self.models.get(name)) is not None]
 
+    def route_config(self, route: str | None) -> Route:
+        """The ``[routes.NAME]`` settings of ``route``; the defaults for anything else."""
+        return self.config.routes.get(route or "") or DEFAULT_ROUTE
+
+    def strategy_settings(self, route: str | None, strategy: str) -> Any:
+        """The strategy's validated settings for ``route`` (its defaults where none are set)."""
+        found = self.wiring.strategies.get((route or "", strategy))
+        if found is not None:
+            return found
+        default = self._default_strategy_settings.get(strategy)
+        if default is None:
+            model = settings_model(self.strategies.get(strategy))
+            default = model() if model is not None else None
+            self._default_strategy_settings[strategy] = default
+        return default
+
     async def _prepare(self, ctx: Context) -> None:
-        for labels in await self.plugins.call_all("classify", ctx=ctx):
+        hook = self.plugins.hook
+        for labels in await hook.classify(ctx=ctx):
             ctx.labels.update(labels)
         ctx.decision["requested"] = ctx.request.model
-        plan = await self.plugins.call_first("route", ctx=ctx)
+        if ctx.route == AUTO and not ctx.candidates:
+            self._select(ctx, await hook.select_route(ctx=ctx))
+        await hook.filter_candidates(ctx=ctx)
+        plan = await hook.plan_route(ctx=ctx)
         if plan is None:
-            raise NoRoute(f"no model can serve this request ({self._why_none(ctx)}).")
+            if not ctx.candidates:
+                raise NoRoute(f"no model can serve this request ({self._why_none(ctx)}).")
+            route = self.route_config(ctx.route)
+            plan = Plan(route.strategy, [Step(m, route.attempt_timeout_s)
+                                         for m in ctx.candidates])
+        if plan.strategy not in self.strategies:
+            raise NoRoute(f"the plan names strategy {plan.strategy!r}, which no plugin "
+                          f"registered; registered: {self.strategies.known()}")
+        if plan.settings is None:
+            plan.settings = self.strategy_settings(ctx.route, plan.strategy)
         ctx.plan = plan
         first = plan.steps[0].model if plan.steps else None
         estimate = first.cost(Usage(tokens.prompt_tokens(ctx),
@@ -216,82 +414,124 @@ class Kernel:
                             estimated_cost_usd=round(estimate, 8))
         log.debug("route_selected", route=ctx.route, plan=ctx.decision["plan"])
 
+    def _select(self, ctx: Context, selection: Selection | None) -> None:
+        """Apply a router's choice for ``auto``."""
+        if selection is None:
+            raise NoRoute("no select_route plugin chose a route for 'auto' (is the rules router "
+                          "disabled?); ask for a route or a model by name.")
+        if selection.models is None:
+            if selection.route not in self.config.routes:
+                raise NoRoute(f"a router chose route {selection.route!r}, which is not "
+                              f"configured; routes: {', '.join(sorted(self.config.routes))}")
+            ctx.candidates = self.route_models(selection.route)
+        else:
+            ctx.candidates = list(selection.models)
+        ctx.route = selection.route
+        ctx.decision["rule"] = selection.reason or selection.route
+
     @staticmethod
     def _why_none(ctx: Context) -> str:
         dropped = ctx.decision.get("dropped") or []
         if dropped:
             return "; ".join(f"{d['model']}: {d['reason']}" for d in dropped)
-        return "no route plugin made a plan"
+        return "no candidate models"
 
-    async def _run_plan(self, ctx: Context, attempt_fn) -> Any:
-        """Walk the plan: attempt the current step; on failure ask escalate what to do next."""
-        plan = ctx.plan
-        assert plan is not None
+    async def _run_strategy(self, ctx: Context) -> Any:
+        """Run the plan's strategy under the request's deadline."""
+        strategy = self.strategies[ctx.plan.strategy]
         limit = self.config.server.request_timeout_s
         try:
             with anyio.fail_after(limit):
-                return await self._walk(ctx, plan, attempt_fn)
+                return await strategy.run(Run(self, ctx))
         except TimeoutError:
             raise ProviderTimeout(f"the request took longer than server.request_timeout_s "
                                   f"({limit}s), all attempts together") from None
 
-    async def _walk(self, ctx: Context, plan: Plan, attempt_fn) -> Any:
-        last_error: Exception | None = None
-        while (step := plan.current) is not None:
-            attempt = Attempt(model=step.model.name, provider=step.model.provider,
-                              started=time.perf_counter())
-            ctx.attempts.append(attempt)
-            error: Exception | None = None
-            failed: list[Verdict] = []
-            with self._attempt_span(step) as span:
-                _gen_ai_request(span, ctx, step)
-                try:
-                    result = await attempt_fn(ctx, step, attempt)
-                except ProviderError as exc:
-                    error = exc
-                except TimeoutError:
-                    error = ProviderTimeout(
-                        f"{step.model.name} did not answer within {step.timeout_s}s",
-                        provider=step.model.provider, model=step.model.name)
-                finally:
-                    self._end_attempt(ctx, attempt)
-                if error is not None:
-                    attempt.status, attempt.error = "error", f"{error.kind}: {error}"
-                elif attempt.status == "rejected":
-                    failed = [v for v in attempt.verdicts if not v.ok]
-                _gen_ai_response(span, attempt)
-            if error is None and not failed:
-                return result
+    # --- attempts (for strategies, through Run) ------------------------------------------------
+
+    async def _attempt(self, ctx: Context, step: Step) -> Completion | Started:
+        """One call of ``step``, traced and counted; raises AttemptFailed on failure."""
+        self._check_attempts(ctx)
+        attempt = Attempt(model=step.model.name, provider=step.model.provider,
+                          started=time.perf_counter())
+        ctx.attempts.append(attempt)
+        error: Exception | None = None
+        failed: list[Verdict] = []
+        call = self._call_first_chunk if ctx.request.stream else self._call_whole
+        with self._attempt_span(step) as span:
+            _gen_ai_request(span, ctx, step)
+            try:
+                result = await call(ctx, step, attempt)
+            except ProviderError as exc:
+                error = exc
+            except TimeoutError:
+                error = ProviderTimeout(
+                    f"{step.model.name} did not answer within {step.timeout_s}s",
+                    provider=step.model.provider, model=step.model.name)
+            except BaseException as exc:
+                if not isinstance(exc, Exception):
+                    self._cancel_attempt(ctx, step, attempt)
+                raise
+            finally:
+                self._end_attempt(ctx, attempt)
             if error is not None:
-                last_error = error
-                log.info("attempt_failed", model=step.model.name, error=error.kind,
-                         detail=str(error))
-            else:
-                last_error = ValidationFailed(
-                    "every answer failed validation: "
-                    + "; ".join(f"{v.validator}: {v.reason}" for v in failed))
-            move: Escalation | None = await self.plugins.call_first(
-                "escalate", ctx=ctx, error=error, verdicts=failed)
-            if move is None or move.action == "stop":
-                ctx.decision.setdefault("escalations", []).append(
-                    {"action": "stop", "reason": move.reason if move else "no escalation"})
-                raise last_error
-            ctx.decision.setdefault("escalations", []).append(
-                {"action": move.action, "reason": move.reason, "delay_s": move.delay_s})
-            if move.action == "retry":
-                if move.delay_s:
-                    await anyio.sleep(move.delay_s)
-                    ctx.upstream_s += move.delay_s  # waiting out a provider is not overhead
-            else:
-                plan.cursor = plan.cursor + 1 if move.cursor is None else move.cursor
-        raise last_error or NoRoute("the plan has no steps left")
+                attempt.status, attempt.error = "error", f"{error.kind}: {error}"
+            elif attempt.status == "rejected":
+                failed = [v for v in attempt.verdicts if not v.ok]
+            _gen_ai_response(span, attempt)
+        if error is None and not failed:
+            return result
+        if error is not None:
+            log.info("attempt_failed", model=step.model.name, error=error.kind,
+                     detail=str(error))
+            reason: Exception = error
+        else:
+            reason = ValidationFailed("every answer failed validation: "
+                                      + "; ".join(f"{v.validator}: {v.reason}" for v in failed))
+        raise AttemptFailed(step, error, failed, reason)
+
+    def _check_attempts(self, ctx: Context) -> None:
+        cap = self.route_config(ctx.route).max_attempts
+        if len(ctx.attempts) >= cap:
+            raise AttemptsExhausted(f"the request made {cap} calls without an answer "
+                                    "(routes.NAME.max_attempts)")
+        total = self.config.server.max_attempts_per_request
+        if ctx.root.attempt_count >= total:
+            raise AttemptsExhausted(f"the request and its sub-requests made {total} calls "
+                                    "(server.max_attempts_per_request)")
+
+    async def _escalate(self, ctx: Context, failed: AttemptFailed) -> Escalation:
+        cap = self.route_config(ctx.route).max_attempts
+        total = self.config.server.max_attempts_per_request
+        if len(ctx.attempts) >= cap:
+            move = Escalation("stop", f"{cap} attempts made (max_attempts)")
+        elif ctx.root.attempt_count >= total:
+            move = Escalation("stop", f"{total} calls made by the request and its sub-requests "
+                                      "(server.max_attempts_per_request)")
+        else:
+            move = await self.plugins.hook.escalate(ctx=ctx, error=failed.error,
+                                                    verdicts=failed.verdicts) \
+                or Escalation("stop", "no escalation")
+        entry: dict[str, Any] = {"action": move.action, "reason": move.reason}
+        if move.action != "stop":
+            entry["delay_s"] = move.delay_s
+        ctx.decision.setdefault("escalations", []).append(entry)
+        return move
 
     async def _call(self, ctx: Context, step: Step) -> Any:
-        result = await self.plugins.call_first("call", ctx=ctx, step=step)
-        if result is None:
-            raise NoRoute(f"no plugin serves model {step.model.name!r} (provider "
-                          f"{step.model.provider!r}); is the provider's plugin loaded?")
-        return result
+        result = await self.plugins.hook.call(ctx=ctx, step=step)
+        if result is not None:
+            return result
+        provider = self.providers.get(step.model.provider)
+        if provider is None:
+            raise ProviderMissing(
+                f"no plugin answered and no provider named {step.model.provider!r} is "
+                f"configured for model {step.model.name!r}; add [providers."
+                f"{step.model.provider}] with a registered kind ({self.provider_kinds.known()})",
+                provider=step.model.provider, model=step.model.name)
+        if ctx.request.stream:
+            return provider.stream(ctx.request, step.model)
+        return await provider.complete(ctx.request, step.model)
 
     async def _call_whole(self, ctx: Context, step: Step, attempt: Attempt) -> Completion:
         scope = anyio.fail_after(step.timeout_s) if step.timeout_s else nullcontext()
@@ -304,8 +544,7 @@ class Kernel:
         await self._validate(ctx, attempt, result)
         return result
 
-    async def _call_first_chunk(self, ctx: Context, step: Step,
-                                attempt: Attempt) -> tuple[Chunk, Any]:
+    async def _call_first_chunk(self, ctx: Context, step: Step, attempt: Attempt) -> Started:
         scope = anyio.fail_after(step.timeout_s) if step.timeout_s else nullcontext()
         with scope:
             result = await self._call(ctx, step)
@@ -318,21 +557,34 @@ class Kernel:
             except StopAsyncIteration:
                 raise StreamBroken("the stream ended before its first chunk",
                                    provider=step.model.provider, model=step.model.name) from None
-        ctx.state["kernel.step"] = step
-        ctx.state["kernel.attempt"] = attempt
         attempt.status = "streaming"
-        return first, result
+        return Started(first, result, step, attempt)
 
-    async def _relay(self, ctx: Context, first: Chunk, rest: Any) -> AsyncIterator[Chunk]:
-        step: Step = ctx.state["kernel.step"]
-        attempt: Attempt = ctx.state["kernel.attempt"]
+    async def _started(self, ctx: Context, result: Any) -> Started:
+        """What a strategy answered a streaming request with, as a started stream."""
+        if isinstance(result, Started):
+            return result
+        if isinstance(result, Completion):
+            chunks = _replay(result)
+            return Started(await anext(chunks), chunks, completion=result)
+        if isinstance(result, AnswerStream):
+            ctx.state["kernel.source"] = result.ctx
+            return Started(await anext(result), result)
+        raise PluginError(f"strategy {ctx.plan.strategy!r} returned {type(result).__name__} for "
+                          "a streaming request; return what run.attempt or "
+                          "run.subrequest(stream=True) gave, or a Completion",
+                          plugin=self.strategies.owners.get(ctx.plan.strategy, "?"),
+                          hook="register_strategies")
+
+    async def _relay(self, ctx: Context, started: Started) -> AsyncIterator[Chunk]:
+        step, attempt, rest = started.step, started.attempt, started.rest
         parts: list[str] = []
         calls: dict[int, dict] = {}
         usage: Usage | None = None
         finish = None
         resumed = time.perf_counter()
         try:
-            chunk: Chunk | None = first
+            chunk: Chunk | None = started.first
             while chunk is not None:
                 if chunk.content:
                     parts.append(chunk.content)
@@ -343,7 +595,7 @@ class Kernel:
                 finish = chunk.finish_reason or finish
                 yield chunk
                 chunk = await anext(rest, None)
-            if attempt.status == "streaming":
+            if attempt is not None and attempt.status == "streaming":
                 completion = Completion(
                     content="".join(parts) if parts or not calls else None,
                     finish_reason=finish or "stop",
@@ -352,22 +604,31 @@ class Kernel:
                 self._settle(ctx, step, attempt, completion)
                 await self._validate(ctx, attempt, completion)
                 ctx.completion = completion
+            elif isinstance(rest, AnswerStream):
+                ctx.completion = rest.ctx.completion
+            else:
+                ctx.completion = started.completion
             ctx.status = "ok"
         except ProviderError as exc:
-            attempt.status, attempt.error = "error", f"{exc.kind}: {exc}"
+            where = step.model if step is not None else None
+            if attempt is not None:
+                attempt.status, attempt.error = "error", f"{exc.kind}: {exc}"
             broken = exc if isinstance(exc, StreamBroken) else StreamBroken(
-                f"the stream from {step.model.name} failed after it had started: {exc}",
-                provider=step.model.provider, model=step.model.name)
+                f"the stream from {where.name if where else 'a sub-request'} failed after it had "
+                f"started: {exc}", provider=where.provider if where else None,
+                model=where.name if where else None)
             self._fail(ctx, broken)
             raise broken from None
         except BaseException as exc:
             self._fail(ctx, exc)
             raise
         finally:
-            attempt.latency_s += time.perf_counter() - resumed
-            ctx.upstream_s += time.perf_counter() - resumed
-            if attempt.status == "streaming":
-                attempt.status = "ok" if ctx.status == "ok" else "cancelled"
+            elapsed = time.perf_counter() - resumed
+            ctx.upstream_s += elapsed
+            if attempt is not None:
+                attempt.latency_s += elapsed
+                if attempt.status == "streaming":
+                    attempt.status = "ok" if ctx.status == "ok" else "cancelled"
             await _aclose(rest)
             await self._record(ctx)
 
@@ -385,9 +646,25 @@ class Kernel:
         attempt.cost_usd = completion.cost_usd
         attempt.status = "ok"
 
+    @staticmethod
+    def _cancel_attempt(ctx: Context, step: Step, attempt: Attempt) -> None:
+        """An attempt cut short by cancellation: the upstream has the prompt and may bill it,
+        so its input tokens are counted (estimated) and costed; the answer's are unknown."""
+        attempt.status = "cancelled"
+        attempt.usage = Usage(tokens.prompt_tokens(ctx), 0)
+        attempt.cost_usd = step.model.cost(attempt.usage)
+        attempt.error = "cancelled: input tokens estimated, output unknown"
+
     async def _validate(self, ctx: Context, attempt: Attempt, completion: Completion) -> None:
-        attempt.verdicts = await self.plugins.call_all("validate", ctx=ctx, completion=completion)
-        if any(not v.ok for v in attempt.verdicts):
+        verdicts = await self.plugins.hook.validate(ctx=ctx, completion=completion)
+        named = self._route_validators.get(ctx.route or "") if ctx.route in self.config.routes \
+            else self._route_validators.get("")
+        for _, check in named or ():
+            verdict = await resolve(check(ctx, completion))
+            if verdict is not None:
+                verdicts.append(verdict)
+        attempt.verdicts = verdicts
+        if any(not v.ok for v in verdicts):
             attempt.status = "rejected"
 
     @staticmethod
@@ -410,7 +687,7 @@ class Kernel:
         if ctx.status == "pending":
             ctx.status = "cancelled"
         with anyio.CancelScope(shield=True):
-            await self.plugins.call_all("record", isolate=True, ctx=ctx)
+            await self.plugins.hook.record(ctx=ctx)
 
     def _span(self, ctx: Context):
         """The request's span; a shared no-op when no tracer provider is installed."""
@@ -422,33 +699,47 @@ class Kernel:
         return tracer.start_as_current_span(f"chat {step.model.upstream}")
 
 
-class RelayStream:
-    """The chunks of a started stream; closing it, even before the first read, ends the upstream
-    stream and records the request (an async generator that never started would do neither)."""
+class AnswerStream:
+    """The chunks of a started stream, and ``answer``, what it took so far.
 
-    __slots__ = ("_kernel", "_ctx", "_rest", "_relay", "_started")
+    Closing it, even before the first read, ends the upstream stream and records the request (an
+    async generator that never started would do neither).
+    """
 
-    def __init__(self, kernel: Kernel, ctx: Context, first: Chunk, rest: Any) -> None:
-        self._kernel, self._ctx, self._rest = kernel, ctx, rest
-        self._relay = kernel._relay(ctx, first, rest)
-        self._started = False
+    __slots__ = ("_kernel", "ctx", "_started", "_relay", "_iterating")
 
-    def __aiter__(self) -> "RelayStream":
+    def __init__(self, kernel: Kernel, ctx: Context, started: Started) -> None:
+        self._kernel, self.ctx, self._started = kernel, ctx, started
+        self._relay = kernel._relay(ctx, started)
+        self._iterating = False
+
+    @property
+    def answer(self) -> Answer:
+        """The request's account as it stands: final once the stream has ended."""
+        answer = Answer.of(self.ctx)
+        source = self.ctx.state.get("kernel.source")
+        if answer.model is None and source is not None:
+            inner = Answer.of(source)
+            answer.model, answer.provider = inner.model, inner.provider
+        return answer
+
+    def __aiter__(self) -> "AnswerStream":
         return self
 
     async def __anext__(self) -> Chunk:
-        self._started = True
+        self._iterating = True
         return await self._relay.__anext__()
 
     async def aclose(self) -> None:
-        if self._started:
+        if self._iterating:
             await self._relay.aclose()
             return
-        self._started = True
-        await _aclose(self._rest)
-        self._ctx.state["kernel.attempt"].status = "cancelled"
-        self._kernel._fail(self._ctx, anyio.get_cancelled_exc_class()())
-        await self._kernel._record(self._ctx)
+        self._iterating = True
+        await _aclose(self._started.rest)
+        if self._started.attempt is not None:
+            self._started.attempt.status = "cancelled"
+        self._kernel._fail(self.ctx, anyio.get_cancelled_exc_class()())
+        await self._kernel._record(self.ctx)
 
 
 class _RequestSpan:
@@ -528,3 +819,7 @@ async def _aclose(stream: Any) -> None:
                 await close()
             except Exception:  # noqa: BLE001 - a stream failing to close is not the request's error
                 log.debug("stream_close_failed", exc_info=True)
+
+
+RelayStream = AnswerStream
+"""The name this stream had before ``ask_stream``; kept for plugins that imported it."""

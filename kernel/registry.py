@@ -1,10 +1,18 @@
-"""The models the gateway knows, registered by config and by plugins at startup."""
+"""What plugins hand the kernel by name: models, and the registries filled by registration hooks.
+
+Each registration hook (``register_providers``, ``register_strategies``, ...) fills one
+:class:`Registry`; afterwards dispatch is a lookup by name, not a walk over every plugin. A name
+registered twice is a configuration error naming both plugins.
+"""
 
 from __future__ import annotations
 
-from .config import Config
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
 from .errors import ConfigError
 from .types import ModelProfile
+
+T = TypeVar("T")
 
 
 class ModelRegistry:
@@ -25,14 +33,14 @@ class ModelRegistry:
     def __contains__(self, name: str) -> bool:
         return name in self._models
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[ModelProfile]:
         return iter(self._models.values())
 
     def __len__(self) -> int:
         return len(self._models)
 
     @classmethod
-    def from_config(cls, config: Config) -> "ModelRegistry":
+    def from_config(cls, config: Any) -> "ModelRegistry":
         registry = cls()
         for name, m in config.models.items():
             registry.register(ModelProfile(
@@ -41,3 +49,49 @@ class ModelRegistry:
                 input_price=m.input_price, output_price=m.output_price,
                 capabilities=frozenset(m.capabilities), tier=m.tier, description=m.description))
         return registry
+
+
+class Registry(Generic[T]):
+    """Things of one kind by name, each remembered with the plugin that registered it."""
+
+    def __init__(self, what: str, make: Callable[..., T] | None = None) -> None:
+        self.what = what
+        """What a name names here ("provider kind", "strategy", ...), for error messages."""
+        self._make = make
+        self._items: dict[str, T] = {}
+        self.owners: dict[str, str] = {}
+
+    def callback(self, plugin: str) -> Callable[..., None]:
+        """The ``register`` callback handed to ``plugin``'s registration hook."""
+        def register(name: str, *args: Any, **kwargs: Any) -> None:
+            item = self._make(*args, **kwargs) if self._make else args[0]
+            self.add(name, item, plugin)
+        return register
+
+    def add(self, name: str, item: T, plugin: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"plugin {plugin!r} registered a {self.what} without a name")
+        if name in self._items:
+            raise ConfigError(f"{self.what} {name!r} is registered by both {self.owners[name]!r} "
+                              f"and {plugin!r}; disable one (plugins.disable)")
+        self._items[name] = item
+        self.owners[name] = plugin
+
+    def get(self, name: str) -> T | None:
+        return self._items.get(name)
+
+    def __getitem__(self, name: str) -> T:
+        return self._items[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def items(self) -> list[tuple[str, T]]:
+        return list(self._items.items())
+
+    def known(self) -> str:
+        """The registered names, for an error message."""
+        return ", ".join(self.names()) or "none"

@@ -120,17 +120,31 @@ class Step:
 
 
 @dataclass(slots=True)
+class Selection:
+    """What a ``select_route`` plugin chose for ``auto``: a route, and why.
+
+    ``models`` is None to take the configured route's models (``route`` must then be a key of
+    ``[routes]``); a router that builds its own list names it with any ``route`` label it likes.
+    """
+
+    route: str
+    models: list[ModelProfile] | None = None
+    reason: str = ""
+
+
+@dataclass(slots=True)
 class Plan:
     """What the route event decided: a strategy and its ordered steps.
 
-    The kernel walks ``steps`` from ``cursor``; the escalate event moves the cursor (next link of a
-    fallback chain, next tier of a cascade) or retries the current step.
+    The strategy walks ``steps`` from ``cursor`` (the built-in ``fallback`` moves the cursor on
+    the escalate event's advice). ``settings`` is the strategy's validated settings for this
+    route (``[routes.NAME.<strategy>]``), filled in by the kernel.
     """
 
     strategy: str
     steps: list[Step]
     cursor: int = 0
-    options: dict[str, Any] = field(default_factory=dict)
+    settings: Any = None
 
     @property
     def current(self) -> Step | None:
@@ -254,7 +268,8 @@ class Context:
     """Everything the kernel and the plugins know about one request while it is in flight.
 
     Plugins read it and add to it; ``state`` is free scratch space keyed by plugin name.
-    ``parent`` is set for sub-requests made by multi-call strategies.
+    ``parent`` is set for sub-requests made by multi-call strategies; ``children`` holds them on
+    the parent, and the parent's spend, tokens and attempt count include theirs.
     """
 
     request: ChatRequest
@@ -270,6 +285,7 @@ class Context:
     status: str = "pending"
     client: str | None = None
     parent: "Context | None" = None
+    children: list["Context"] = field(default_factory=list)
     span: Any = None
     state: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
@@ -279,8 +295,34 @@ class Context:
 
     @property
     def spend_usd(self) -> float:
-        """Cost of every attempt so far, failed ones included."""
-        return sum(a.cost_usd for a in self.attempts)
+        """Cost of every attempt so far, failed ones and sub-requests' included."""
+        own = sum(a.cost_usd for a in self.attempts)
+        return own + sum(c.spend_usd for c in self.children) if self.children else own
+
+    @property
+    def input_tokens(self) -> int:
+        """Input tokens of every attempt, sub-requests' included."""
+        return sum(a.usage.input_tokens for a in self.attempts) \
+            + sum(c.input_tokens for c in self.children)
+
+    @property
+    def output_tokens(self) -> int:
+        """Output tokens of every attempt, sub-requests' included."""
+        return sum(a.usage.output_tokens for a in self.attempts) \
+            + sum(c.output_tokens for c in self.children)
+
+    @property
+    def attempt_count(self) -> int:
+        """Calls made for this request, sub-requests' included."""
+        return len(self.attempts) + sum(c.attempt_count for c in self.children)
+
+    @property
+    def root(self) -> "Context":
+        """The top-level request this context belongs to (itself when it has no parent)."""
+        ctx = self
+        while ctx.parent is not None:
+            ctx = ctx.parent
+        return ctx
 
     @property
     def error_kind(self) -> str | None:
@@ -306,3 +348,52 @@ class Context:
         """Remove a candidate model and note why in the decision record."""
         self.candidates = [m for m in self.candidates if m is not model]
         self.decision.setdefault("dropped", []).append({"model": model.name, "reason": reason})
+
+
+# --- what frontends get ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Answer:
+    """A request's outcome as a frontend sees it: the answer with what it took to get it.
+
+    Returned by ``Kernel.ask`` (and available from ``Kernel.ask_stream``'s stream at any point);
+    an error raised by either carries one as ``error.answer``. Frontends read this, never the
+    context.
+    """
+
+    request_id: str
+    status: str
+    completion: Completion | None
+    model: str | None
+    provider: str | None
+    route: str | None
+    strategy: str | None
+    cost_usd: float
+    latency_s: float
+    overhead_s: float
+    attempts: int
+    input_tokens: int
+    output_tokens: int
+    decision: dict[str, Any]
+
+    @property
+    def content(self) -> str | None:
+        return self.completion.content if self.completion is not None else None
+
+    @classmethod
+    def of(cls, ctx: Context) -> "Answer":
+        """The answer as it stands for ``ctx`` (cost and tokens grow while a stream runs)."""
+        last = ctx.attempts[-1] if ctx.attempts else None
+        completion = ctx.completion
+        model = completion.model if completion is not None and completion.model else \
+            (last.model if last else None)
+        provider = completion.provider if completion is not None and completion.provider else \
+            (last.provider if last else None)
+        return cls(
+            request_id=ctx.request_id, status=ctx.status, completion=completion, model=model,
+            provider=provider, route=ctx.route,
+            strategy=ctx.plan.strategy if ctx.plan is not None else None,
+            cost_usd=ctx.spend_usd, latency_s=ctx.latency_s, overhead_s=ctx.overhead_s,
+            attempts=ctx.attempt_count, input_tokens=ctx.input_tokens,
+            output_tokens=ctx.output_tokens, decision=ctx.decision)

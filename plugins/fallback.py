@@ -1,10 +1,10 @@
-"""The fallback chain: the last-resort routing strategy and the escalation policy by error class.
+"""The fallback chain: the built-in ``fallback`` strategy and the escalation policy by error class.
 
-Routing: the remaining candidates, in order, become a ``fallback`` plan; each step gets the route's
-``attempt_timeout_s``.
+Strategy: walk the plan's steps in order; after a failed attempt ask the escalate event what to do
+(retry the same step after a delay, move to another step, or stop). Settings in
+``[routes.NAME.fallback]``; a model asked for by name gets the defaults.
 
-Escalation, per the failed attempt's error (settings from the route, or the defaults of
-``[routes.*]`` for a model asked for by name):
+Escalation, per the failed attempt's error:
 
 - rate limited (429): wait out a Retry-After up to ``retry_after_cap_s`` and retry the same
   model; a longer or missing Retry-After moves on;
@@ -14,7 +14,7 @@ Escalation, per the failed attempt's error (settings from the route, or the defa
 - the provider refused our credentials: raise a critical alert and move on;
 - context too long: move on to the next model with a larger context window;
 - other bad requests and failed validation: move on;
-- after ``max_attempts`` attempts in all, or with no step left: stop.
+- with no step left: stop. (The kernel stops the request at ``routes.NAME.max_attempts``.)
 
 Before moving on, models the prompt does not fit are skipped, so a fallback never lands on a
 smaller model that cannot take the prompt.
@@ -24,57 +24,91 @@ from __future__ import annotations
 
 import random
 
-from turnout.kernel.config import Route
+from pydantic import BaseModel, ConfigDict, Field
+
 from turnout.kernel.errors import (
     ContentPolicy,
     ContextTooLong,
+    NoRoute,
     ProviderAuthFailed,
     ProviderBadRequest,
     ProviderRateLimited,
 )
 from turnout.kernel.hookspecs import hookimpl
-from turnout.kernel.types import Alert, Context, Escalation, Plan, Step, Verdict
+from turnout.kernel.strategy import AttemptFailed, Run, Strategy
+from turnout.kernel.types import Alert, Completion, Context, Escalation, Verdict
 
 from .fit import fits
-
-DEFAULT_ROUTE = Route(models=["(model asked for by name)"])
-"""Escalation settings for requests that name a model rather than a route."""
 
 BACKOFF_S = 0.2
 """First retry delay after a timeout or 5xx; doubles with each retry, with full jitter."""
 
 
+class FallbackSettings(BaseModel):
+    """The fallback chain's settings: ``[routes.NAME.fallback]``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    retry_after_cap_s: float = Field(default=5, ge=0, description="A 429 whose Retry-After is at "
+                                     "most this is waited out and retried; longer moves on.")
+    retries_per_model: int = Field(default=1, ge=0, description="Extra tries of the same model "
+                                   "after a timeout or 5xx before moving on.")
+    fallback_on_content_policy: bool = Field(default=False, description="Re-ask the next model "
+                                             "after a content-policy refusal.")
+
+
+class FallbackStrategy(Strategy):
+    """Try the plan's steps in order until one answers, as the escalate event directs."""
+
+    Settings = FallbackSettings
+
+    async def run(self, run: Run) -> object:
+        plan = run.plan
+        last: AttemptFailed | None = None
+        while (step := plan.current) is not None:
+            try:
+                return await run.attempt(step)
+            except AttemptFailed as failed:
+                last = failed
+            move = await run.escalate(last)
+            if move.action == "stop":
+                break
+            if move.action == "retry":
+                await run.wait(move.delay_s)
+            else:
+                plan.cursor = plan.cursor + 1 if move.cursor is None else move.cursor
+        if last is not None:
+            raise last.reason
+        raise NoRoute("the plan has no steps")
+
+
 class Fallback:
-    """Plans fallback chains and decides escalation by error kind."""
+    """Registers the ``fallback`` strategy and decides escalation by error kind."""
 
     def __init__(self) -> None:
         self.kernel = None
+        self.random = random.Random()
+        """Backoff jitter: the plugin's own generator, so nothing else's draws shift it."""
+
+    @hookimpl
+    def register_strategies(self, register) -> None:
+        register("fallback", FallbackStrategy())
 
     @hookimpl
     def startup(self, kernel) -> None:
         self.kernel = kernel
 
-    def settings(self, ctx: Context) -> Route:
-        routes = self.kernel.config.routes
-        return routes.get(ctx.route) or DEFAULT_ROUTE
-
-    @hookimpl(trylast=True)
-    def route(self, ctx: Context) -> Plan | None:
-        """Make the remaining candidates a fallback chain."""
-        if not ctx.candidates:
-            return None
-        timeout = self.settings(ctx).attempt_timeout_s
-        return Plan("fallback", [Step(model, timeout) for model in ctx.candidates])
+    @staticmethod
+    def settings(ctx: Context) -> FallbackSettings:
+        settings = ctx.plan.settings if ctx.plan is not None else None
+        return settings if isinstance(settings, FallbackSettings) else DEFAULTS
 
     @hookimpl(trylast=True)
     async def escalate(self, ctx: Context, error: Exception | None,
                        verdicts: list[Verdict]) -> Escalation:
         """Retry, move on or stop, by the kind of failure."""
         route = self.settings(ctx)
-        plan = ctx.plan
-        failed = plan.current.model
-        if len(ctx.attempts) >= route.max_attempts:
-            return Escalation("stop", f"{route.max_attempts} attempts made (max_attempts)")
+        failed = ctx.plan.current.model
         same_model = sum(1 for a in ctx.attempts if a.model == failed.name)
         if verdicts:
             return self._next(ctx, "the answer failed validation")
@@ -101,7 +135,7 @@ class Fallback:
             return self._next(ctx, "the provider rejected the request")
         if error is not None and getattr(error, "retryable", False) \
                 and same_model <= route.retries_per_model:
-            delay = random.uniform(0, BACKOFF_S * 2 ** (same_model - 1))
+            delay = self.random.uniform(0, BACKOFF_S * 2 ** (same_model - 1))
             return Escalation("retry", f"{error.kind}; retrying the same model", delay_s=delay)
         return self._next(ctx, error.kind if error is not None else "failed")
 
@@ -118,3 +152,9 @@ class Fallback:
             ctx.decision.setdefault("skipped", []).append({"model": model.name,
                                                            "reason": why_not})
         return Escalation("stop", f"{reason}; no fallback left")
+
+
+DEFAULTS = FallbackSettings()
+"""Escalation settings where the plan carries none of the fallback's (another strategy's plan)."""
+
+__all__ = ["Completion", "DEFAULTS", "Fallback", "FallbackSettings", "FallbackStrategy"]

@@ -32,10 +32,9 @@ def fits(ctx: Context, model: ModelProfile) -> str | None:
 
 
 @hookimpl
-def route(ctx: Context) -> None:
-    """Filter ``ctx.candidates`` in place; never makes a plan."""
+def filter_candidates(ctx: Context) -> None:
+    """Drop the candidates this request does not fit."""
     for model in list(ctx.candidates):
         reason = fits(ctx, model)
         if reason is not None:
             ctx.drop(model, reason)
-    return None

@@ -19,7 +19,12 @@ NAME = "json"
 
 
 @hookimpl
-def validate(ctx: Context, completion: Completion) -> Verdict | None:
+def register_validators(register) -> None:
+    """Register ``json``: routes judge answers with it unless their ``validators`` leave it out."""
+    register(NAME, check)
+
+
+def check(ctx: Context, completion: Completion) -> Verdict | None:
     """Check JSON-mode answers parse (and match the schema, when one was given)."""
     request = ctx.request
     if not request.wants_json or completion.tool_calls:

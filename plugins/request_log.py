@@ -19,9 +19,8 @@ def record(ctx: Context) -> None:
     """Log the outcome of the request."""
     last = ctx.attempts[-1] if ctx.attempts else None
     log.info("request_finished", status=ctx.status, requested=ctx.request.model, route=ctx.route,
-             model=last.model if last else None, attempts=len(ctx.attempts),
-             input_tokens=sum(a.usage.input_tokens for a in ctx.attempts),
-             output_tokens=sum(a.usage.output_tokens for a in ctx.attempts),
+             model=last.model if last else None, attempts=ctx.attempt_count,
+             input_tokens=ctx.input_tokens, output_tokens=ctx.output_tokens,
              cost_usd=round(ctx.spend_usd, 8), latency_ms=round(ctx.latency_s * 1000, 1),
              overhead_ms=round(ctx.overhead_s * 1000, 2), stream=ctx.request.stream,
              error=ctx.error_kind,

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from turnout.kernel.config import Rule
 from turnout.kernel.hookspecs import hookimpl
-from turnout.kernel.types import Context
+from turnout.kernel.types import Context, Selection
 
 _COMPARISON = re.compile(r"^\s*(>=|<=|!=|==|>|<)\s*(.+?)\s*$")
 _OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le,
@@ -71,22 +71,16 @@ class RulesRouter:
                       for i, rule in enumerate(routing.rules)]
         self.default = routing.default or next(iter(kernel.config.routes), None)
 
-    @hookimpl(tryfirst=True)
-    def route(self, ctx: Context) -> None:
-        """Pick the route for ``auto`` and load its models as candidates."""
-        if ctx.route != "auto" or ctx.candidates:
-            return None
+    @hookimpl(trylast=True)
+    def select_route(self, ctx: Context) -> Selection:
+        """The first matching rule's route, else the default; answers last, so other routers
+        are asked first."""
         for name, target, matches in self.rules:
             if matches(ctx.labels):
-                ctx.decision["rule"] = name
-                ctx.route = target
-                break
-        else:
-            ctx.decision["rule"] = "default"
-            ctx.route = self.default
-        if ctx.route is not None:
-            ctx.candidates = self.kernel.route_models(ctx.route)
-        else:  # no routes configured: every model, cheapest first
-            ctx.candidates = sorted(self.kernel.models,
-                                    key=lambda m: (m.input_price + m.output_price, m.tier))
-        return None
+                return Selection(target, reason=name)
+        if self.default is not None:
+            return Selection(self.default, reason="default")
+        # no routes configured: every model, cheapest first
+        return Selection("auto", sorted(self.kernel.models,
+                                        key=lambda m: (m.input_price + m.output_price, m.tier)),
+                         reason="default: every model, cheapest first")

@@ -1,14 +1,16 @@
-"""The request record: one SQLite row of metadata per request, and what ``turnout stats`` shows.
+"""The request record: SQLite rows of metadata per request and per attempt, and what
+``turnout stats`` shows.
 
-A row holds who asked for what, which model answered, what it cost, how long it took and why the
-gateway decided as it did; never the messages or the answer. Rows are built on the event loop
-(cheap) and written by a background thread in batches, so the loop never waits on the disk. The
-file is in WAL mode, so ``turnout stats`` can read it while the gateway writes.
+A ``requests`` row holds who asked for what, which model answered, what the whole request cost,
+how long it took and why the gateway decided as it did; an ``attempts`` row holds one call to one
+model (its status, error kind, latency, tokens and cost). Never the messages or the answer. Rows
+are built and written by a background thread in batches, both tables in one transaction, so the
+loop never waits on the disk. The file is in WAL mode, so ``turnout stats`` can read it while the
+gateway writes.
 """
 
 from __future__ import annotations
 
-import math
 import queue
 import sqlite3
 import threading
@@ -20,6 +22,7 @@ from typing import Any
 import anyio
 import orjson
 import structlog
+from pydantic import BaseModel, ConfigDict, Field
 
 from turnout.kernel.errors import ConfigError
 from turnout.kernel.hookspecs import hookimpl
@@ -32,6 +35,14 @@ COLUMNS = ("request_id", "parent_id", "created_at", "client", "requested", "rout
            "provider", "status", "error_kind", "error", "attempts", "input_tokens",
            "output_tokens", "cost_usd", "latency_ms", "overhead_ms", "stream", "decision")
 """The columns of the ``requests`` table, in insert order."""
+
+ATTEMPT_COLUMNS = ("request_id", "n", "created_at", "model", "provider", "status", "error",
+                   "latency_ms", "input_tokens", "output_tokens", "cost_usd")
+"""The columns of the ``attempts`` table, in insert order: ``n`` is the attempt's 0-based index
+within its request, ``created_at`` its request's, ``error`` the error's kind only."""
+
+TABLES = {"requests": COLUMNS, "attempts": ATTEMPT_COLUMNS}
+"""The tables the writer fills, and their columns in insert order."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS requests (
@@ -57,6 +68,21 @@ CREATE TABLE IF NOT EXISTS requests (
 );
 CREATE INDEX IF NOT EXISTS requests_created_at ON requests (created_at);
 CREATE INDEX IF NOT EXISTS requests_model ON requests (model);
+CREATE TABLE IF NOT EXISTS attempts (
+    request_id    TEXT NOT NULL,
+    n             INTEGER NOT NULL,
+    created_at    REAL NOT NULL,
+    model         TEXT,
+    provider      TEXT,
+    status        TEXT,
+    error         TEXT,
+    latency_ms    REAL,
+    input_tokens  INTEGER,
+    output_tokens INTEGER,
+    cost_usd      REAL,
+    PRIMARY KEY (request_id, n)
+);
+CREATE INDEX IF NOT EXISTS attempts_created_at ON attempts (created_at);
 """
 
 BATCH_SIZE = 2000
@@ -65,10 +91,11 @@ BATCH_SIZE = 2000
 FLUSH_INTERVAL_S = 0.05
 """How long the writer lets rows gather after the first one arrives."""
 
-_ROW = f"({', '.join('?' for _ in COLUMNS)})"
-_INSERT = f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES {_ROW}"
 ROWS_PER_STATEMENT = 500
 """Rows inserted by one multi-row INSERT (SQLite allows 32,766 parameters a statement)."""
+
+Record = tuple[tuple[Any, ...], list[tuple[Any, ...]]]
+"""What the writer stores for one request: its ``requests`` row and its ``attempts`` rows."""
 
 _STOP = object()
 
@@ -103,9 +130,9 @@ def context_row(ctx: Context) -> tuple[Any, ...]:
         ctx.status,
         error_kind,
         error_text,
-        len(attempts),
-        sum(a.usage.input_tokens for a in attempts),
-        sum(a.usage.output_tokens for a in attempts),
+        ctx.attempt_count,
+        ctx.input_tokens,
+        ctx.output_tokens,
         ctx.spend_usd,
         ctx.latency_s * 1000,
         ctx.overhead_s * 1000,
@@ -114,6 +141,23 @@ def context_row(ctx: Context) -> tuple[Any, ...]:
         # '"api_key": "..."'-style fields alike, at a fraction of a recursive walk's cost.
         redact(orjson.dumps(decision, default=str, option=orjson.OPT_NON_STR_KEYS).decode()),
     )
+
+
+def attempt_rows(ctx: Context) -> list[tuple[Any, ...]]:
+    """The ``attempts`` rows of a finished request, one per call it made, in
+    :data:`ATTEMPT_COLUMNS` order; the error's kind only (``upstream_timeout``), never its text."""
+    return [
+        (ctx.request_id, n, ctx.created_at, a.model, a.provider, a.status, _error_kind(a.error),
+         a.latency_s * 1000, a.usage.input_tokens, a.usage.output_tokens, a.cost_usd)
+        for n, a in enumerate(ctx.attempts)]
+
+
+def _error_kind(error: str | None) -> str | None:
+    """The kind of an attempt's error: its text before the first ':' (``kind: detail``)."""
+    if not error:
+        return None
+    # Redacted in case a plugin wrote an error without the 'kind:' prefix.
+    return redact(error.partition(":")[0].strip()) or None
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -194,10 +238,10 @@ class RecordWriter:
                         batch.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                rows = [row for item in batch if isinstance(item, Context)
-                        and (row := self._row(item)) is not None]
-                if rows:
-                    self._write(rows)
+                records = [record for item in batch if isinstance(item, Context)
+                           and (record := self._record(item)) is not None]
+                if records:
+                    self._write(records)
                 for marker in batch:
                     if marker is _STOP:
                         stop = True
@@ -206,49 +250,73 @@ class RecordWriter:
         finally:
             self.conn.close()
 
-    def _row(self, ctx: Context) -> tuple[Any, ...] | None:
+    def _record(self, ctx: Context) -> Record | None:
         try:
-            return context_row(ctx)
+            return context_row(ctx), attempt_rows(ctx)
         except Exception as exc:  # noqa: BLE001 - one bad context must not stop the writer
             log.error("record_write_failed", request_id=ctx.request_id,
                       error=f"cannot build the row: {type(exc).__name__}: {exc}", path=self.path)
             return None
 
-    def _write(self, rows: list[tuple[Any, ...]]) -> None:
+    def _write(self, records: list[Record]) -> None:
         try:
             with self.conn:
                 self.conn.execute("BEGIN")
-                for start in range(0, len(rows), ROWS_PER_STATEMENT):
-                    chunk = rows[start:start + ROWS_PER_STATEMENT]
-                    # One statement for many rows: sqlite3 releases the GIL around every step,
-                    # and a step per row would make the event loop hand the GIL back and forth.
-                    self.conn.execute(_insert_many(len(chunk)),
-                                      [value for row in chunk for value in row])
-            self.written += len(rows)
+                _insert(self.conn, "requests", [row for row, _ in records])
+                _insert(self.conn, "attempts", [a for _, attempts in records for a in attempts])
+            self.written += len(records)
             return
         except sqlite3.Error:
-            pass  # the transaction rolled back: write row by row to find and log the bad ones
-        for row in rows:
+            pass  # the transaction rolled back: write request by request to find the bad ones
+        for row, attempts in records:
+            # A request and its attempts in one transaction: both are written, or neither.
             try:
                 with self.conn:
                     self.conn.execute("BEGIN")
-                    self.conn.execute(_INSERT, row)
+                    _insert(self.conn, "requests", [row])
+                    _insert(self.conn, "attempts", attempts)
                 self.written += 1
             except sqlite3.Error as exc:
                 reason = ("a request with this id is already recorded"
-                          if isinstance(exc, sqlite3.IntegrityError) else str(exc))
+                          if getattr(exc, "sqlite_errorname", "") == "SQLITE_CONSTRAINT_PRIMARYKEY"
+                          else str(exc))
                 log.error("record_write_failed", request_id=row[0], error=reason,
                           path=self.path)
 
 
-@lru_cache(maxsize=8)
-def _insert_many(count: int) -> str:
-    """An INSERT of ``count`` rows."""
-    return _INSERT + (", " + _ROW) * (count - 1)
+def _insert(conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
+    """Insert ``rows`` into ``table`` (one of :data:`TABLES`), many rows a statement."""
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start:start + ROWS_PER_STATEMENT]
+        # One statement for many rows: sqlite3 releases the GIL around every step, and a step
+        # per row would make the event loop hand the GIL back and forth.
+        conn.execute(_insert_many(table, len(chunk)), [value for row in chunk for value in row])
+
+
+@lru_cache(maxsize=16)
+def _insert_many(table: str, count: int) -> str:
+    """An INSERT of ``count`` rows into ``table``."""
+    columns = TABLES[table]
+    row = f"({', '.join('?' for _ in columns)})"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row] * count)}"
+
+
+class RecordSettings(BaseModel):
+    """The request log: the ``[record]`` table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = Field(default=True, description="Record every request.")
+    path: str = Field(default="turnout.db", description="SQLite file (WAL); ':memory:' for none "
+                      "on disk.")
 
 
 class SQLiteRecorder:
-    """The ``record`` plugin: writes one row per finished request to ``record.path``."""
+    """The ``record`` plugin: writes one row per finished request (and one per attempt) to
+    ``record.path``. A row's cost, tokens and attempts include its sub-requests'."""
+
+    name = "record"
+    Settings = RecordSettings
 
     def __init__(self) -> None:
         self.writer: RecordWriter | None = None
@@ -256,10 +324,18 @@ class SQLiteRecorder:
     @hookimpl
     async def startup(self, kernel: Any) -> None:
         """Open the request log and start its writer, unless ``record.enabled`` is false."""
-        settings = kernel.config.record
+        settings: RecordSettings = kernel.plugin_settings(self)
         if not settings.enabled or self.writer is not None:
             return
         self.writer = await anyio.to_thread.run_sync(RecordWriter, settings.path)
+
+    @hookimpl
+    def register_commands(self, register) -> None:
+        """``turnout stats``: spend, latency and success per request and per attempt."""
+        from . import stats
+
+        register("stats", stats.run, help="spend, latency and success per request and per "
+                 "attempt, from the request log", arguments=stats.arguments)
 
     @hookimpl
     def record(self, ctx: Context) -> None:
@@ -277,131 +353,3 @@ class SQLiteRecorder:
         writer, self.writer = self.writer, None
         if writer is not None:
             await anyio.to_thread.run_sync(writer.close, abandon_on_cancel=False)
-
-
-# --- reading -----------------------------------------------------------------------------------
-
-
-def open_log(path: str) -> sqlite3.Connection:
-    """Open the request log read-only; raises ConfigError when nothing has been recorded there."""
-    file = Path(path)
-    if path == ":memory:" or not file.is_file():
-        raise ConfigError(
-            f"no requests have been recorded at {path!r} yet (no such file). Start the gateway "
-            "with [record] enabled, or point at another request log with --db PATH (or "
-            "record.path in the config).")
-    conn = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        conn.execute("SELECT 1 FROM requests LIMIT 1")
-    except sqlite3.DatabaseError as exc:
-        conn.close()
-        raise ConfigError(f"{path!r} is not a Turnout request log ({exc}); point at the "
-                          "record.path of the gateway with --db PATH") from None
-    return conn
-
-
-def percentile(ordered: list[float], p: float) -> float | None:
-    """The nearest-rank ``p``-th percentile of an ascending list; None when it is empty."""
-    if not ordered:
-        return None
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
-def _ms(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
-
-
-def summarize(path: str, *, since: float | None = None) -> dict[str, Any]:
-    """Totals, spend and latency percentiles of the request log, overall and per model.
-
-    ``since`` (a Unix time) keeps only requests created at or after it. Percentiles use the
-    nearest-rank method over every request (failed ones included); models are sorted by requests.
-    """
-    conn = open_log(path)
-    try:
-        rows = conn.execute(
-            "SELECT model, status, cost_usd, latency_ms, overhead_ms, input_tokens, output_tokens "
-            "FROM requests WHERE created_at >= ?",
-            (since if since is not None else -math.inf,)).fetchall()
-    finally:
-        conn.close()
-    per_model: dict[str | None, dict[str, Any]] = {}
-    latencies: list[float] = []
-    overheads: list[float] = []
-    counts = {"ok": 0, "error": 0, "cancelled": 0}
-    spend = 0.0
-    for model, status, cost, latency, overhead, tokens_in, tokens_out in rows:
-        counts[status] = counts.get(status, 0) + 1
-        spend += cost or 0.0
-        entry = per_model.setdefault(model, {"requests": 0, "ok": 0, "spend_usd": 0.0,
-                                             "latencies": [], "input_tokens": 0,
-                                             "output_tokens": 0})
-        entry["requests"] += 1
-        entry["ok"] += status == "ok"
-        entry["spend_usd"] += cost or 0.0
-        entry["input_tokens"] += tokens_in or 0
-        entry["output_tokens"] += tokens_out or 0
-        if latency is not None:
-            entry["latencies"].append(latency)
-            latencies.append(latency)
-        if overhead is not None:
-            overheads.append(overhead)
-    by_model = []
-    for model, entry in per_model.items():
-        lat = sorted(entry["latencies"])
-        by_model.append({
-            "model": model, "requests": entry["requests"],
-            "success_rate": entry["ok"] / entry["requests"],
-            "spend_usd": round(entry["spend_usd"], 8),
-            "p50_ms": _ms(percentile(lat, 50)), "p95_ms": _ms(percentile(lat, 95)),
-            "p99_ms": _ms(percentile(lat, 99)),
-            "input_tokens": entry["input_tokens"], "output_tokens": entry["output_tokens"]})
-    by_model.sort(key=lambda m: (-m["requests"], m["model"] or ""))
-    latencies.sort()
-    overheads.sort()
-    return {
-        "path": path, "since": since, "requests": len(rows), "ok": counts["ok"],
-        "errors": counts["error"], "cancelled": counts["cancelled"],
-        "spend_usd": round(spend, 8), "by_model": by_model,
-        "latency_ms": {f"p{p}": _ms(percentile(latencies, p)) for p in (50, 95, 99)},
-        "overhead_ms": {f"p{p}": _ms(percentile(overheads, p)) for p in (50, 99)},
-    }
-
-
-def _fmt_ms(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value / 1000:.2f} s" if value >= 1000 else f"{value:.1f} ms"
-
-
-def render_stats(summary: dict[str, Any]) -> str:
-    """The summary from :func:`summarize` as a plain-text report with a table per model."""
-    where = summary.get("path") or "the request log"
-    since = summary.get("since")
-    window = (f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}"
-              if since is not None else "")
-    if not summary["requests"]:
-        return f"No requests recorded in {where}{window}."
-    lat, over = summary["latency_ms"], summary["overhead_ms"]
-    lines = [
-        f"Requests in {where}{window}",
-        f"  {summary['requests']:,} requests: {summary['ok']:,} ok, {summary['errors']:,} errors"
-        f", {summary.get('cancelled', 0):,} cancelled; spend ${summary['spend_usd']:.6f}",
-        f"  latency p50 {_fmt_ms(lat['p50'])}, p95 {_fmt_ms(lat['p95'])}, "
-        f"p99 {_fmt_ms(lat['p99'])}; gateway overhead p50 {_fmt_ms(over['p50'])}, "
-        f"p99 {_fmt_ms(over['p99'])}",
-        "",
-    ]
-    header = ("model", "requests", "success", "spend $", "p50", "p95", "p99", "in tokens",
-              "out tokens")
-    table = [header] + [
-        (m["model"] or "(none)", f"{m['requests']:,}", f"{m['success_rate'] * 100:.1f}%",
-         f"{m['spend_usd']:.6f}", _fmt_ms(m["p50_ms"]), _fmt_ms(m["p95_ms"]),
-         _fmt_ms(m["p99_ms"]), f"{m['input_tokens']:,}", f"{m['output_tokens']:,}")
-        for m in summary["by_model"]]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)

@@ -17,6 +17,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Status
+from pydantic import BaseModel, ConfigDict, Field
 
 from turnout.kernel.errors import ConfigError
 from turnout.kernel.hookspecs import hookimpl
@@ -130,8 +131,21 @@ def otlp_exporter(endpoint: str) -> SpanExporter:
     return OTLPSpanExporter(endpoint=endpoint)
 
 
+class TelemetrySettings(BaseModel):
+    """OpenTelemetry traces, the ``[telemetry]`` table; off unless an endpoint is set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    otlp_endpoint: str | None = Field(default=None, description="OTLP/HTTP traces endpoint, e.g. "
+                                      "http://127.0.0.1:4318/v1/traces.")
+    service_name: str = Field(default="turnout", description="OpenTelemetry service.name.")
+
+
 class Telemetry:
     """The tracing plugin: installs OTLP export at startup, flushes it at shutdown."""
+
+    name = "telemetry"
+    Settings = TelemetrySettings
 
     def __init__(self) -> None:
         self.tracing: Tracing | None = None
@@ -139,7 +153,7 @@ class Telemetry:
     @hookimpl
     def startup(self, kernel: Any) -> None:
         """Install OTLP export when ``telemetry.otlp_endpoint`` is set; otherwise do nothing."""
-        settings = kernel.config.telemetry
+        settings: TelemetrySettings = kernel.plugin_settings(self)
         if not settings.otlp_endpoint or self.tracing is not None:
             return
         self.tracing = install_tracing(otlp_exporter(settings.otlp_endpoint),

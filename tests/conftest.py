@@ -1,8 +1,10 @@
-"""Shared fixtures: the anyio backend, and an isolated plugin environment."""
+"""Shared fixtures: the anyio backend, an isolated plugin environment, no leftover tracing."""
 
 from __future__ import annotations
 
 import pytest
+
+from .support import reset_tracing
 
 
 @pytest.fixture(scope="session")
@@ -12,6 +14,14 @@ def anyio_backend() -> str:
 
 @pytest.fixture(autouse=True)
 def _no_plugin_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests must not change because a plugin is installed or selected in the environment."""
-    monkeypatch.delenv("TURNOUT_PLUGINS", raising=False)
+    """Tests must not change because a plugin package is installed: no installed (entry point)
+    plugin loads unless a test names it in TURNOUT_PLUGINS. Subprocesses inherit this."""
+    monkeypatch.setenv("TURNOUT_PLUGINS", "")
     monkeypatch.delenv("TURNOUT_CONFIG", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_tracer_provider():
+    """A test that installs the global tracer provider takes it away again when it ends."""
+    yield
+    reset_tracing()

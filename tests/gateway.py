@@ -33,19 +33,33 @@ class Gateway:
         """The request log, read after the recorder has flushed."""
         import sqlite3
 
-        recorder = self.kernel.plugins.get("sqlite_recorder")
+        recorder = self.kernel.plugins.get("record")
         recorder.flush()
         with sqlite3.connect(self.db) as db:
             db.row_factory = sqlite3.Row
             return [dict(r) for r in db.execute("SELECT * FROM requests ORDER BY created_at")]
 
+    def attempts(self, request_id: str) -> list[dict]:
+        """The attempt rows of one request, in order."""
+        import sqlite3
+
+        self.kernel.plugins.get("record").flush()
+        with sqlite3.connect(self.db) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(r) for r in db.execute(
+                "SELECT * FROM attempts WHERE request_id = ? ORDER BY n", (request_id,))]
+
 
 @contextmanager
-def running_gateway(config: dict, tmp_path: Path) -> Iterator[Gateway]:
-    """Serve a gateway for ``config`` (a config tree) with its record in ``tmp_path``."""
+def running_gateway(config: dict, tmp_path: Path,
+                    plugins: dict[str, object] | None = None) -> Iterator[Gateway]:
+    """Serve a gateway for ``config`` (a config tree) with its record in ``tmp_path``;
+    ``plugins`` (defined in the test, by name) load beside the built-ins."""
     db = tmp_path / "record.db"
     config = {**config, "record": {"path": str(db)}, "logging": {"level": "warning"}}
     kernel = Kernel(parse(config, source="test"))
+    for name, plugin in (plugins or {}).items():
+        kernel.plugins.register(plugin, name=name)
     kernel.load_plugins()
     with serve(create_app(kernel)) as url:
         yield Gateway(url, kernel, db)

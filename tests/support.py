@@ -15,6 +15,8 @@ ROUTING = {
     "fit": "turnout.plugins.fit",
     "fallback": "turnout.plugins.fallback:Fallback",
     "json_validator": "turnout.plugins.json_validator",
+    "providers": "turnout.adapters.providers",
+    "stores": "turnout.adapters.stores",
 }
 
 
@@ -58,7 +60,8 @@ class Recorder:
         self.alerts.append(alert)
 
 
-def kernel_for(script, route: dict | None = None, models: dict | None = None):
+def kernel_for(script, route: dict | None = None, models: dict | None = None,
+               fallback: dict | None = None):
     config = parse({
         "providers": {"p": {"kind": "openai-compatible", "base_url": "http://127.0.0.1:9/v1"}},
         "models": models or {
@@ -67,10 +70,9 @@ def kernel_for(script, route: dict | None = None, models: dict | None = None):
             "big": {"provider": "p", "context_window": 100_000, "input_price": 10,
                     "output_price": 20},
         },
-        "routes": {"chain": {"models": ["small", "big"], "retry_after_cap_s": 0.2,
-                             **(route or {})}},
+        "routes": {"chain": {"models": ["small", "big"], **(route or {}),
+                             "fallback": {"retry_after_cap_s": 0.2, **(fallback or {})}}},
         "routing": {"default": "chain"},
-        "record": {"enabled": False},
     }, source="test")
     kernel = Kernel(config, builtins=ROUTING)
     kernel.load_plugins()
@@ -99,3 +101,20 @@ def assert_no_secret(exc: BaseException, key: str, header: str) -> None:
     for text in (str(exc), repr(exc.args)):
         assert key not in text
         assert header not in text.lower()
+
+
+def reset_tracing() -> None:
+    """Uninstall the global OpenTelemetry tracer provider, as OpenTelemetry's own test helpers
+    do (it can otherwise be set only once per process)."""
+    from opentelemetry import trace
+    from opentelemetry.util._once import Once
+
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
+    trace._TRACER_PROVIDER = None
+
+
+def settings_kernel(settings: Any) -> Any:
+    """A stand-in kernel for a plugin tested alone: the one thing it reads is its settings."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(plugin_settings=lambda plugin: settings)

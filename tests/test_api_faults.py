@@ -72,9 +72,9 @@ def gateway(fakes, tmp_path_factory: pytest.TempPathFactory):
             "gpt-badkey": {"provider": "badkey", "upstream": "gpt-4o-mini"},
         },
         "routes": {
-            "chain": {"models": ["gpt", "claude", "gemini"], "retry_after_cap_s": 0.5,
-                      "attempt_timeout_s": 0.8},
-            "solo": {"models": ["gpt"], "retry_after_cap_s": 0.5},
+            "chain": {"models": ["gpt", "claude", "gemini"], "attempt_timeout_s": 0.8,
+                      "fallback": {"retry_after_cap_s": 0.5}},
+            "solo": {"models": ["gpt"], "fallback": {"retry_after_cap_s": 0.5}},
             "keyed": {"models": ["gpt-badkey", "claude"]},
         },
     }

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
 
 from turnout.adapters.cli import main
 from turnout.kernel import config
@@ -62,8 +61,8 @@ def test_toml_and_yaml_give_the_same_config(tmp_path: Path) -> None:
     b = config.load(tmp_path / "a.yaml", environ=ENV)
     assert a.model_dump(mode="json") == b.model_dump(mode="json")
     assert a.providers["up"].base_url == "http://127.0.0.1:9999/v1"
-    assert a.providers["up"].api_key.get_secret_value() == "sk-upstream-secret"
-    assert "sk-upstream-secret" not in repr(a)
+    assert a.providers["up"].api_key == "sk-upstream-secret"
+    assert "sk-upstream-secret" not in repr(a), "a provider's table is not shown in a repr"
 
 
 def test_missing_env_var_names_key_file_and_line(tmp_path: Path) -> None:
@@ -80,7 +79,6 @@ def test_missing_env_var_names_key_file_and_line(tmp_path: Path) -> None:
     ("[providers.p]\nkind = 'openai'\n\n[models.m]\nprovider = 'q'\n", "t.toml", "no provider 'q'"),
     ("[routes.r]\nmodels = []\n", "t.toml:2", "routes.r.models"),
     ("[server]\nhost = '0.0.0.0'\n", "t.toml", "not loopback"),
-    ("[providers.p]\nkind = 'openai-compatible'\n", "t.toml", "needs base_url"),
     ("[server\n", "t.toml", "not valid TOML"),
 ])
 def test_errors_say_what_is_expected(text: str, where: str, expected: str) -> None:
@@ -103,21 +101,19 @@ def test_embedded_default_is_valid_and_adds_real_providers_for_keys() -> None:
     assert with_keys.routes["cheap"].models[0] in with_keys.models
 
 
-def test_every_key_is_documented() -> None:
-    def walk(model: type[BaseModel], path: str) -> list[str]:
-        missing = []
-        for name, field in model.model_fields.items():
-            if field.exclude:
-                continue
-            if not field.description:
-                missing.append(f"{path}{name}")
-        return missing
+def test_every_key_is_documented_the_plugins_keys_included() -> None:
+    from turnout.kernel.config_docs import builtin_kernel, sections, undocumented
 
-    from turnout.kernel.config_docs import SECTIONS, _section_model
-    missing = walk(config.Config, "")
-    for path, _ in SECTIONS:
-        missing += walk(_section_model(path), path + ".")
-    assert missing == []
+    kernel = builtin_kernel()
+    titles = [title for title, _ in sections(kernel)]
+    for owned in ("[record]", "[telemetry]", "[simulation]", "[simulation.models.NAME]",
+                  "[providers.NAME.timeout]",
+                  "[routes.NAME.fallback]", "[store.memory]"):
+        assert owned in titles
+    kinds = next(title for title in titles if title.startswith("[providers.NAME] kind"))
+    assert all(f'"{kind}"' in kinds for kind in ("openai", "openai-compatible", "anthropic",
+                                                   "gemini", "simulated"))
+    assert undocumented(kernel) == []
 
 
 def test_docs_configuration_md_carries_the_current_reference() -> None:
@@ -136,3 +132,83 @@ def test_cli_config_check(tmp_path: Path, capsys: pytest.CaptureFixture[str],
     assert main(["config", "check", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.yaml:2" in err and "server.port" in err and "Traceback" not in err
+
+
+PROBLEMS = """
+[providers.fleet]
+kind = "simulated"
+
+[providers.local]
+kind = "openai-compatible"
+
+[providers.odd]
+kind = "carrier-pigeon"
+
+[models.m]
+provider = "fleet"
+
+[models.lost]
+provider = "nowhere"
+
+[routes.r]
+models = ["m"]
+strategy = "shuffle"
+
+[routes.r.fallback]
+retry_after_cap_s = -1
+
+[routes.r.cascade]
+tiers = 2
+
+[recrod]
+path = "x.db"
+
+[plugins]
+load = ["no_such_module.plugin:Thing"]
+"""
+
+
+def test_config_check_lists_every_problem_at_once_with_lines(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text(PROBLEMS)
+    assert main(["config", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    expected = [
+        "gateway.toml:15: models.lost.provider: no provider 'nowhere'",
+        "gateway.toml:31: plugins.load[0]: plugin 'no_such_module.plugin:Thing': module "
+        "'no_such_module' not found",
+        "gateway.toml:27: recrod: unknown key",
+        "gateway.toml:9: providers.odd.kind: unknown provider kind 'carrier-pigeon'",
+        "gateway.toml:5: providers.local: kind 'openai-compatible' needs base_url",
+        "gateway.toml:19: routes.r.strategy: unknown strategy 'shuffle'; registered: fallback",
+        "gateway.toml:22: routes.r.fallback.retry_after_cap_s:",
+        "gateway.toml:24: routes.r.cascade: unknown key",
+    ]
+    for line in expected:
+        assert line in err, f"missing: {line}\n{err}"
+    assert "Traceback" not in err
+
+
+def test_serve_refuses_the_same_problems_before_binding(tmp_path: Path) -> None:
+    from turnout.kernel.kernel import Kernel
+
+    path = tmp_path / "gateway.toml"
+    path.write_text(PROBLEMS)
+    with pytest.raises(ConfigError, match="no provider 'nowhere'"):
+        config.load(path)  # references first, as serve loads it
+    kernel = Kernel(config.load(path, references=False))
+    with pytest.raises(ConfigError) as info:
+        kernel.load_plugins()
+    assert "unknown provider kind 'carrier-pigeon'" in str(info.value)
+
+
+def test_stats_reads_record_path_without_provider_secrets(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "gateway.toml"
+    path.write_text('[providers.p]\nkind = "openai"\napi_key = "${UNSET_PROVIDER_KEY}"\n\n'
+                    f'[record]\npath = "{tmp_path / "none.db"}"\n')
+    assert main(["stats", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "UNSET_PROVIDER_KEY" not in err
+    assert "no requests have been recorded at" in err and "none.db" in err

@@ -8,6 +8,7 @@ import structlog
 from turnout.kernel.errors import ConfigError, PluginError
 from turnout.kernel.hookspecs import hookimpl
 from turnout.kernel.manager import PluginManager
+from turnout.kernel.types import Escalation
 
 pytestmark = pytest.mark.anyio
 
@@ -19,7 +20,7 @@ async def test_async_plugin_returning_none_hands_over_to_the_next() -> None:
         @hookimpl
         def escalate(self, ctx):
             seen.append("answers")
-            return "from the sync plugin"
+            return Escalation("stop", "from the sync plugin")
 
     class Declines:
         @hookimpl
@@ -30,7 +31,7 @@ async def test_async_plugin_returning_none_hands_over_to_the_next() -> None:
     pm = PluginManager()
     pm.register(Answers(), name="answers")
     pm.register(Declines(), name="declines")  # registered last: called first
-    assert await pm.call_first("escalate", ctx=None, error=None, verdicts=[]) \
+    assert (await pm.hook.escalate(ctx=None, error=None, verdicts=[])).reason \
         == "from the sync plugin"
     assert seen == ["declines", "answers"]
 
@@ -42,18 +43,18 @@ async def test_first_answer_stops_the_walk_and_tryfirst_goes_first() -> None:
         @hookimpl(tryfirst=True)
         async def escalate(self):
             called.append("early")
-            return "early"
+            return Escalation("stop", "early")
 
     class Late:
         @hookimpl
         def escalate(self):
             called.append("late")
-            return "late"
+            return Escalation("stop", "late")
 
     pm = PluginManager()
     pm.register(Early(), name="early")
     pm.register(Late(), name="late")
-    assert await pm.call_first("escalate", ctx=None, error=None, verdicts=[]) == "early"
+    assert (await pm.hook.escalate(ctx=None, error=None, verdicts=[])).reason == "early"
     assert called == ["early"]
 
 
@@ -76,7 +77,7 @@ async def test_call_all_gathers_sync_and_async_results_in_call_order() -> None:
     pm = PluginManager()
     for p, n in ((A(), "a"), (B(), "b"), (C(), "c")):
         pm.register(p, name=n)
-    assert await pm.call_all("classify", ctx=None) == [{"a": 1}, {"c": 3}]
+    assert await pm.hook.classify(ctx=None) == [{"a": 1}, {"c": 3}]
 
 
 async def test_a_raising_plugin_is_named_in_the_error_and_the_log() -> None:
@@ -89,7 +90,7 @@ async def test_a_raising_plugin_is_named_in_the_error_and_the_log() -> None:
     pm.register(Broken(), name="broken-classifier")
     with structlog.testing.capture_logs() as logs:
         with pytest.raises(PluginError) as info:
-            await pm.call_all("classify", ctx=None)
+            await pm.hook.classify(ctx=None)
     assert "broken-classifier" in str(info.value) and "classify" in str(info.value)
     assert any(e.get("plugin") == "broken-classifier" for e in logs)
 
@@ -111,7 +112,7 @@ async def test_isolated_hooks_log_and_continue() -> None:
     pm.register(Broken(), name="broken")
     pm.register(Fine(), name="fine")
     with structlog.testing.capture_logs() as logs:
-        assert await pm.call_all("record", isolate=True, ctx="c") == []
+        assert await pm.hook.record(ctx="c") == []
     assert got == ["c"]
     assert any(e["event"] == "plugin_failed" and e["plugin"] == "broken" for e in logs)
 
@@ -140,7 +141,7 @@ def test_wrapper_implementations_are_refused() -> None:
 
 def test_unknown_plugin_name_in_disable_fails_fast() -> None:
     pm = PluginManager()
-    with pytest.raises(ConfigError, match="unknown plugin 'nope'"):
+    with pytest.raises(ConfigError, match="plugins.disable names 'nope', which is no plugin"):
         pm.load(builtins={"log_alerts": "turnout.plugins.log_alerts"}, disable=["nope"])
 
 
@@ -150,12 +151,17 @@ def test_unimportable_plugin_path_says_what_is_missing() -> None:
         pm.load(builtins={}, paths=["not_a_module.plugin:Thing"])
 
 
-def test_only_env_restricts_loading(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TURNOUT_PLUGINS", "classify")
+def test_only_env_chooses_installed_plugins_and_names_unknown_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    builtins = {"classify": "turnout.plugins.classify", "log_alerts": "turnout.plugins.log_alerts"}
+    monkeypatch.setenv("TURNOUT_PLUGINS", "")  # no installed plugin; built-ins always load
     pm = PluginManager()
-    pm.load(builtins={"classify": "turnout.plugins.classify",
-                      "log_alerts": "turnout.plugins.log_alerts"})
-    assert pm.names() == ["classify"]
+    pm.load(builtins=builtins)
+    assert pm.names() == ["classify", "log_alerts"]
+    monkeypatch.setenv("TURNOUT_PLUGINS", "not_installed")
+    with pytest.raises(ConfigError, match="TURNOUT_PLUGINS names not_installed, which no "
+                                          "installed package provides"):
+        PluginManager().load(builtins=builtins)
 
 
 def test_classes_are_instantiated_per_manager() -> None:
@@ -190,23 +196,92 @@ async def test_async_implementations_of_gathered_hooks_run_concurrently() -> Non
 
     class Waits:
         @hookimpl
-        async def record(self, ctx):
+        async def classify(self, ctx):
             await ready.wait()  # only another implementation running alongside can set it
-            return "waited"
+            return {"waited": True}
 
     class Sets:
         @hookimpl(tryfirst=True)
-        async def record(self, ctx):
+        async def classify(self, ctx):
             ready.set()
-            return "set"
+            return {"set": True}
 
     class Plain:
         @hookimpl
-        def record(self, ctx):
-            return "plain"
+        def classify(self, ctx):
+            return {"plain": True}
 
     pm = PluginManager()
     for plugin, name in ((Waits(), "waits"), (Plain(), "plain"), (Sets(), "sets")):
         pm.register(plugin, name=name)
     with anyio.fail_after(5):
-        assert await pm.call_all("record", ctx=None) == ["set", "plain", "waited"]
+        assert await pm.hook.classify(ctx=None) == [{"set": True}, {"plain": True},
+                                                    {"waited": True}]
+
+
+async def test_dispatch_follows_the_spec_not_the_call_site() -> None:
+    """escalate is declared first-answer-wins, classify all-answers-gathered: the same caller
+    syntax gives each its own semantics."""
+    pm = PluginManager()
+    assert pm.specs["escalate"].firstresult and not pm.specs["classify"].firstresult
+    assert pm.specs["record"].isolated and not pm.specs["classify"].isolated
+    assert pm.specs["register_providers"].registration
+
+
+async def test_a_hook_call_missing_an_argument_blames_the_caller() -> None:
+    from turnout.kernel.errors import HookCallError
+
+    class Counts:
+        @hookimpl
+        def escalate(self, ctx):
+            return "never reached"
+
+    pm = PluginManager()
+    pm.register(Counts(), name="counts")
+    with pytest.raises(HookCallError) as info:
+        await pm.hook.escalate(ctx=None, error=None)  # 'verdicts' left out
+    message = str(info.value)
+    assert "must provide argument(s) ['verdicts']" in message
+    assert "test_manager.py" in message and "not a plugin's" in message
+    assert "counts" not in message
+
+
+def test_a_plugin_on_the_old_route_hook_is_told_which_phase_to_implement() -> None:
+    class OldRouter:
+        @hookimpl(tryfirst=True)
+        def route(self, ctx):
+            return None
+
+    with pytest.raises(ConfigError) as info:
+        PluginManager().register(OldRouter(), name="old-router")
+    message = str(info.value)
+    assert "'old-router'" in message
+    assert all(hook in message for hook in ("select_route", "filter_candidates", "plan_route"))
+
+
+async def test_a_filter_returning_a_plan_is_told_to_use_plan_route() -> None:
+    from turnout.kernel.types import Plan
+
+    class PlansInTheFilter:
+        @hookimpl
+        def filter_candidates(self, ctx):
+            return Plan("fallback", [])
+
+    pm = PluginManager()
+    pm.register(PlansInTheFilter(), name="eager")
+    with pytest.raises(PluginError) as info:
+        await pm.hook.filter_candidates(ctx=None)
+    message = str(info.value)
+    assert "'eager' returned Plan from hook 'filter_candidates'" in message
+    assert "return the plan from plan_route instead" in message
+
+
+def test_async_registration_hooks_are_refused() -> None:
+    class Late:
+        @hookimpl
+        async def register_strategies(self, register):
+            register("late", object())
+
+    with pytest.raises(ConfigError, match="'late-plugin' implements 'register_strategies' as "
+                                          "async"):
+        PluginManager().register(Late(), name="late-plugin")

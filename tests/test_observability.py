@@ -8,7 +8,6 @@ import logging
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import SimpleNamespace
 
 import pytest
 import structlog
@@ -19,7 +18,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import SecretStr
 
-from turnout.kernel.config import Logging, parse
+from turnout.kernel.config import Logging
 from turnout.kernel.errors import ConfigError
 from turnout.kernel.observability import (
     REDACTED,
@@ -28,7 +27,9 @@ from turnout.kernel.observability import (
     redact_event,
     register_secret,
 )
-from turnout.plugins.telemetry import Telemetry, install_tracing
+from turnout.plugins.telemetry import Telemetry, TelemetrySettings, install_tracing
+
+from .support import settings_kernel
 
 SERVICE = "turnout-test"
 
@@ -238,8 +239,7 @@ def collector():
 @pytest.mark.anyio
 async def test_telemetry_plugin_exports_over_otlp_http(collector) -> None:
     endpoint = f"http://127.0.0.1:{collector.server_port}/v1/traces"
-    kernel = SimpleNamespace(config=parse(
-        {"telemetry": {"otlp_endpoint": endpoint, "service_name": SERVICE}}, source="test"))
+    kernel = settings_kernel(TelemetrySettings(otlp_endpoint=endpoint, service_name=SERVICE))
     plugin = Telemetry()
     plugin.startup(kernel)
     assert plugin.tracing is not None
@@ -264,7 +264,7 @@ async def test_telemetry_plugin_exports_over_otlp_http(collector) -> None:
 def test_telemetry_without_endpoint_installs_nothing() -> None:
     before = trace.get_tracer_provider()
     plugin = Telemetry()
-    plugin.startup(SimpleNamespace(config=parse({}, source="test")))
+    plugin.startup(settings_kernel(TelemetrySettings()))
     assert plugin.tracing is None
     assert trace.get_tracer_provider() is before
 
@@ -272,8 +272,7 @@ def test_telemetry_without_endpoint_installs_nothing() -> None:
 def test_telemetry_without_the_otlp_extra_says_what_to_install(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "opentelemetry.exporter.otlp.proto.http.trace_exporter",
                         None)
-    kernel = SimpleNamespace(config=parse(
-        {"telemetry": {"otlp_endpoint": "http://127.0.0.1:4318/v1/traces"}}, source="test"))
+    kernel = settings_kernel(TelemetrySettings(otlp_endpoint="http://127.0.0.1:4318/v1/traces"))
     with pytest.raises(ConfigError, match=r"pip install 'turnout\[otlp\]'"):
         Telemetry().startup(kernel)
 

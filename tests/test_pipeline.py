@@ -70,7 +70,7 @@ async def test_content_policy_refusal_is_not_re_asked_elsewhere() -> None:
 async def test_content_policy_fallback_when_the_route_allows() -> None:
     kernel, provider, _ = kernel_for({"small": [errors.ContentPolicy("refused")],
                                       "big": ["big answered"]},
-                                     route={"fallback_on_content_policy": True})
+                                     fallback={"fallback_on_content_policy": True})
     async with kernel:
         assert (await kernel.complete(kernel.context(ask()))).content == "big answered"
 

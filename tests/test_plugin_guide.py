@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
+import anyio
+import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.responses import Response
+from starlette.routing import Route
 
-from turnout.kernel import errors
-from turnout.kernel.manager import PluginManager
+from turnout.kernel import errors, hookimpl
+from turnout.kernel.config import parse
+from turnout.kernel.kernel import Kernel
+from turnout.kernel.manager import PluginManager, hook_names
+from turnout.kernel.types import Alert
 
-from .support import ask, kernel_for
+from .fakes.server import serve
+from .gateway import running_gateway
+from .support import ROUTING, Recorder, Scripted, ask, kernel_for, user
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
-HOOKS = {"classify", "route", "call", "validate", "escalate", "record", "startup", "shutdown",
-         "alert"}
 
 
 def guide_plugins() -> dict[str, type]:
@@ -25,22 +34,43 @@ def guide_plugins() -> dict[str, type]:
             if isinstance(obj, type) and obj.__module__ == "builtins" and name[0].isupper()}
 
 
-def test_every_hook_has_a_worked_example_that_registers() -> None:
-    plugins = guide_plugins()
+PLUGINS = guide_plugins()
+
+
+def guide_kernel(config: dict, *names: str, script: dict | None = None) -> tuple[Kernel, Scripted]:
+    """A kernel with the routing built-ins, a scripted provider and the guide's plugins."""
+    kernel = Kernel(parse(config, source="test"), builtins=ROUTING)
+    scripted = Scripted(script or {})
+    if script is not None:
+        kernel.plugins.register(scripted, name="scripted")
+    for name in names:
+        kernel.plugins.register(PLUGINS[name](), name=getattr(PLUGINS[name], "name", name))
+    return kernel, scripted
+
+
+def models(**prices: tuple[float, float]) -> dict:
+    return {name: {"provider": "p", "input_price": i, "output_price": o}
+            for name, (i, o) in prices.items()}
+
+
+PROVIDER = {"p": {"kind": "openai-compatible", "base_url": "http://127.0.0.1:9/v1"}}
+
+
+def test_every_hook_and_registration_hook_has_a_worked_example() -> None:
     pm = PluginManager()
-    for name, cls in plugins.items():
-        pm.register(cls(), name=name)
-    implemented = {impl for hook in HOOKS for impl in [hook] if pm.impls(hook)}
-    assert implemented == HOOKS
+    for name, cls in PLUGINS.items():
+        if any(hasattr(getattr(cls, h, None), "turnout_impl") for h in hook_names()):
+            pm.register(cls(), name=name)
+    implemented = {hook for hook in hook_names() if pm.impls(hook)}
+    assert implemented == set(hook_names())
 
 
 @pytest.mark.anyio
 async def test_guide_examples_work_in_the_pipeline() -> None:
-    plugins = guide_plugins()
     kernel, provider, recorder = kernel_for({
         "small": [errors.ProviderTimeout("slow"), "eins zwei drei vier"],
         "big": ["big one", "big answer, too long"]})
-    instances = {name: plugins[name]() for name in
+    instances = {name: PLUGINS[name]() for name in
                  ("ScriptLabel", "CheapestFirst", "ExactCache", "MaxWords", "NoRetryOnTimeout",
                   "SpendByClient")}
     for name, plugin in instances.items():
@@ -53,9 +83,135 @@ async def test_guide_examples_work_in_the_pipeline() -> None:
         with pytest.raises(errors.ValidationFailed):
             await kernel.complete(capped)
     assert ctx.labels["script"] == "non-latin"
-    assert ctx.decision["strategy"] == "cheapest-first"
+    assert ctx.decision["plan_reason"] == "cheapest first"
     # NoRetryOnTimeout: small timed out, big answered at once, no retry of small
     assert provider.calls[:2] == ["small", "big"] and first.content == "big one"
     assert again.cached and again.content == "big one" and again.cost_usd == 0
     assert instances["SpendByClient"].spend["team-a"] == pytest.approx(first.cost_usd)
     assert [a.status for a in capped.attempts] == ["rejected", "rejected"]
+
+
+@pytest.mark.anyio
+async def test_long_prompts_go_to_the_named_route_and_price_cap_drops_models() -> None:
+    config = {"providers": PROVIDER, "models": models(small=(1, 2), big=(10, 20)),
+              "routes": {"general": {"models": ["small"]}, "strong": {"models": ["small", "big"]}},
+              "long_prompts": {"over_tokens": 50, "route": "strong"}}
+    kernel, _ = guide_kernel(config, "LongPrompts", "PriceCap", script={"small": ["ok", "ok"]})
+    async with kernel:
+        short = await kernel.ask(ask("a short question"))
+        long = await kernel.ask(ask("word " * 200))
+    assert short.route == "general"
+    assert long.route == "strong" and "prompt tokens > 50" in long.decision["rule"]
+    assert long.decision["dropped"] == [{"model": "big", "reason": "output price 20.0 over "
+                                                                   "cap 5.0"}]
+
+
+@pytest.mark.anyio
+async def test_the_hedge_strategy_asks_the_second_model_when_the_first_is_slow() -> None:
+    class Slow(Scripted):
+        @hookimpl
+        async def call(self, ctx, step):
+            if step.model.name == "slow":
+                await anyio.sleep(5)
+            return await super().call(ctx, step)
+
+    config = {"providers": PROVIDER, "models": models(slow=(1, 1), quick=(1, 1)),
+              "routes": {"interactive": {"models": ["slow", "quick"], "strategy": "hedge",
+                                         "hedge": {"hedge_after_s": 0.05}}}}
+    kernel, _ = guide_kernel(config, "HedgePlugin")
+    kernel.plugins.register(Slow({"slow": ["late"], "quick": ["in time"]}), name="slow")
+    recorder = Recorder()
+    kernel.plugins.register(recorder, name="recorder")
+    async with kernel:
+        with anyio.fail_after(2):
+            answer = await kernel.ask(ask(model="interactive"))
+    assert (answer.content, answer.model, answer.strategy) == ("in time", "quick", "hedge")
+    assert recorder.records[-1][2] == ["cancelled", "ok"]
+    assert answer.cost_usd > (10 + 5) / 1e6, "the cancelled call's prompt is paid for too"
+
+
+@pytest.mark.anyio
+async def test_a_provider_kind_named_in_the_config_answers() -> None:
+    config = {"providers": {"loud": {"kind": "shout", "marks": 3}},
+              "models": {"loudmouth": {"provider": "loud"}}}
+    kernel, _ = guide_kernel(config, "ShoutKind")
+    async with kernel:
+        answer = await kernel.ask(ask("hello there", model="loudmouth"))
+        stream = await kernel.ask_stream(ask("and again", model="loudmouth"))
+        streamed = "".join([c.content or "" async for c in stream])
+    assert answer.content == "HELLO THERE!!!" and answer.provider == "loud"
+    assert streamed == "AND AGAIN!!!"
+    bad = Kernel(parse({"providers": {"loud": {"kind": "shout", "marks": -1}}}, source="t"),
+                 builtins=ROUTING)
+    bad.plugins.register(PLUGINS["ShoutKind"](), name="shout")
+    with pytest.raises(errors.ConfigError, match="providers.loud.marks"):
+        bad.load_plugins()
+
+
+@pytest.mark.anyio
+async def test_a_named_validator_applies_on_the_routes_that_list_it() -> None:
+    config = {"providers": PROVIDER, "models": models(a=(1, 1), b=(1, 1)),
+              "routes": {"polite": {"models": ["a", "b"], "validators": ["no_apology"]},
+                         "lenient": {"models": ["a", "b"], "validators": []}}}
+    apology = "I'm sorry, I cannot help with that."
+    kernel, _ = guide_kernel(config, "NoApology", script={"a": [apology, apology],
+                                                          "b": ["Here it is."]})
+    async with kernel:
+        judged = await kernel.ask(ask(model="polite"))
+        unjudged = await kernel.ask(ask(model="lenient"))
+    assert judged.content == "Here it is." and judged.attempts == 2
+    assert unjudged.content == apology
+
+
+@pytest.mark.anyio
+async def test_a_store_backend_named_in_the_config_is_the_kernels_store() -> None:
+    kernel, _ = guide_kernel({"store": {"backend": "tiny-memory"}}, "TinyStore")
+    async with kernel:
+        assert type(kernel.store).__name__ == "TinyMemory"
+        assert kernel.store.settings.max_keys == 1000
+        result = await kernel.store.window_add("k", window_s=60, limit=1)
+        assert result.admitted
+
+
+def test_a_plugin_command_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    kernel, _ = guide_kernel({"providers": PROVIDER, "models": models(m=(0.5, 1.5))},
+                             "ModelsCsv")
+    kernel.load_plugins()
+    command = kernel.commands["models-csv"]
+    parser = argparse.ArgumentParser()
+    command.arguments(parser)
+    assert command.run(parser.parse_args([])) == 0  # the embedded default's models
+    assert capsys.readouterr().out.startswith("model,provider,input_price,output_price\n")
+
+
+def test_spend_is_served_on_the_plugins_http_route(tmp_path: Path) -> None:
+    fleet = {"providers": {"fleet": {"kind": "simulated"}}, "models": {"m": {
+        "provider": "fleet", "input_price": 1, "output_price": 1}},
+        "simulation": {"models": {"m": {"latency_ms": 1, "jitter": 0}}}}
+    with running_gateway(fleet, tmp_path, plugins={"spend": PLUGINS["SpendByClient"]()}) as gw:
+        gw.client().chat.completions.create(model="m", messages=[user("hi")])
+        spend = httpx.get(gw.url + "/v1/spend").json()
+    assert spend["anonymous"] > 0
+
+
+@pytest.mark.anyio
+async def test_alerts_reach_the_webhook_and_the_shared_client_is_closed() -> None:
+    received = []
+
+    async def hook(request):
+        received.append(await request.json())
+        return Response(status_code=204)
+
+    with serve(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as url:
+        alerts, shared = PLUGINS["WebhookAlerts"](), PLUGINS["SharedClient"]()
+        alerts.url = url + "/hook"
+        kernel, _ = guide_kernel({})
+        kernel.plugins.register(alerts, name="webhook")
+        kernel.plugins.register(shared, name="shared")
+        async with kernel:
+            assert not shared.client.is_closed
+            await kernel.alert(Alert("budget", "warning", "80% of the daily budget spent"))
+    assert received == [{"name": "budget", "summary": "80% of the daily budget spent",
+                         "severity": "warning", "resolved": False}]
+    assert shared.client.is_closed
+

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from turnout.kernel.config import Timeouts
+from turnout.adapters.providers.settings import Timeouts
 from turnout.kernel.errors import (
     ContentPolicy,
     ContextTooLong,

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from turnout.adapters.providers.openai import OpenAIAdapter, OpenAICompatibleAdapter
-from turnout.kernel.config import Provider, Timeouts
+from turnout.adapters.providers.settings import HttpProviderSettings, Timeouts
 from turnout.kernel.errors import (
     ContentPolicy,
     ContextTooLong,
@@ -251,7 +251,7 @@ async def test_plain_400_is_bad_request(adapter, script):
 async def test_compatible_server_without_a_key_gets_no_authorization_header():
     script = Script()
     with serve(openai_app(script, api_key=None)) as url:
-        provider = Provider(kind="openai-compatible", base_url=url + "/v1",
+        provider = HttpProviderSettings(kind="openai-compatible", base_url=url + "/v1",
                             timeout=Timeouts(read=0.5))
         adapter = OpenAICompatibleAdapter("local", provider)
         model = ModelProfile(name="llama", provider="local", upstream="llama3.1:8b")
@@ -265,6 +265,6 @@ async def test_compatible_server_without_a_key_gets_no_authorization_header():
     assert all("authorization" not in r.headers for r in script.requests)
     assert script.requests[0].body["model"] == "llama3.1:8b"
     assert OpenAICompatibleAdapter.kind == "openai-compatible"
-    default = OpenAIAdapter("x", Provider(kind="openai"))
+    default = OpenAIAdapter("x", HttpProviderSettings(kind="openai"))
     await default.aclose()
     assert default.base_url == "https://api.openai.com/v1"

@@ -13,9 +13,8 @@ import jsonschema
 import openai
 import pytest
 
-from turnout.adapters.simulated import Fleet
+from turnout.adapters.simulated import Fleet, Simulation
 from turnout.kernel import tokens
-from turnout.kernel.config import Simulation
 from turnout.kernel.types import ChatRequest
 
 pytestmark = pytest.mark.timeout(60)

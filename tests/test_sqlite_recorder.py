@@ -11,11 +11,16 @@ import anyio
 import pytest
 import structlog
 
-from turnout.kernel.config import parse
 from turnout.kernel.errors import ProviderTimeout
 from turnout.kernel.types import Attempt, ChatRequest, Completion, Context, Usage, Verdict
 from turnout.plugins import sqlite_recorder
-from turnout.plugins.sqlite_recorder import COLUMNS, SQLiteRecorder, summarize
+from turnout.plugins.sqlite_recorder import (
+    ATTEMPT_COLUMNS,
+    COLUMNS,
+    RecordSettings,
+    SQLiteRecorder,
+)
+from turnout.plugins.stats import summarize
 
 PROMPT = "PRIVATE-PROMPT-do-not-store"
 ANSWER = "PRIVATE-ANSWER-do-not-store"
@@ -23,8 +28,9 @@ SECRET = "Bearer sk-abcdefgh12345678"
 
 
 def kernel_for(path: Path, **record) -> SimpleNamespace:
-    """The one thing the recorder reads from the kernel: its config."""
-    return SimpleNamespace(config=parse({"record": {"path": str(path), **record}}, source="test"))
+    """The one thing the recorder reads from the kernel: its settings."""
+    settings = RecordSettings(path=str(path), **record)
+    return SimpleNamespace(plugin_settings=lambda plugin: settings)
 
 
 def make_context(i: int, status: str, latency_ms: float) -> Context:
@@ -60,11 +66,12 @@ def make_context(i: int, status: str, latency_ms: float) -> Context:
     return ctx
 
 
-def rows(path: Path) -> list[dict]:
+def rows(path: Path, table: str = "requests") -> list[dict]:
     conn = sqlite3.connect(path)
     conn.row_factory = sqlite3.Row
+    order = "created_at, n" if table == "attempts" else "created_at"
     try:
-        return [dict(r) for r in conn.execute("SELECT * FROM requests ORDER BY created_at")]
+        return [dict(r) for r in conn.execute(f"SELECT * FROM {table} ORDER BY {order}")]
     finally:
         conn.close()
 
@@ -236,16 +243,28 @@ async def test_file_is_wal_and_indexed_and_summary_percentiles(tmp_path: Path) -
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         indexes = {r[1] for r in conn.execute("PRAGMA index_list(requests)")}
         columns = [r[1] for r in conn.execute("PRAGMA table_info(requests)")]
+        attempt_indexes = {r[1] for r in conn.execute("PRAGMA index_list(attempts)")}
+        attempt_columns = [r[1] for r in conn.execute("PRAGMA table_info(attempts)")]
+        attempt_key = [r[1] for r in sorted(conn.execute("PRAGMA table_info(attempts)"),
+                                             key=lambda r: r[5]) if r[5]]
     finally:
         conn.close()
     assert {"requests_created_at", "requests_model"} <= indexes
     assert tuple(columns) == COLUMNS
+    assert "attempts_created_at" in attempt_indexes
+    assert tuple(attempt_columns) == ATTEMPT_COLUMNS
+    assert attempt_key == ["request_id", "n"]
 
     summary = summarize(str(path))
     assert summary["latency_ms"] == {"p50": 50.0, "p95": 95.0, "p99": 99.0}
+    (general,) = summary["by_route"]
+    assert (general["route"], general["requests"], general["success_rate"]) == ("general", 100,
+                                                                               1.0)
+    assert (general["p50_ms"], general["p95_ms"]) == (50.0, 95.0)
+    # Per attempt: every request made one 10 ms call to "fast".
     (fast,) = summary["by_model"]
-    assert (fast["model"], fast["requests"], fast["success_rate"]) == ("fast", 100, 1.0)
-    assert (fast["p50_ms"], fast["p95_ms"], fast["p99_ms"]) == (50.0, 95.0, 99.0)
+    assert (fast["model"], fast["attempts"], fast["success_rate"]) == ("fast", 100, 1.0)
+    assert (fast["p50_ms"], fast["p95_ms"], fast["p99_ms"]) == (10.0, 10.0, 10.0)
     assert summary["overhead_ms"] == {"p50": pytest.approx(5.0), "p99": pytest.approx(9.9)}
 
 
@@ -272,3 +291,57 @@ async def test_a_row_that_cannot_be_built_is_logged_and_the_rest_written(
     assert len(rows(path)) == 2
     assert any(e["event"] == "record_write_failed" and e["request_id"] == bad.request_id
                and "unencodable" in e["error"] for e in logs)
+
+
+@pytest.mark.anyio
+async def test_every_attempt_is_a_row_with_its_error_kind_only(tmp_path: Path) -> None:
+    path = tmp_path / "attempts.db"
+    recorder = SQLiteRecorder()
+    await recorder.startup(kernel_for(path))
+    contexts = [make_context(i, STATUSES[i % 3], latency_ms=10.0) for i in range(600)]
+    for ctx in contexts:
+        recorder.record(ctx)
+    await recorder.shutdown(kernel_for(path))
+
+    got = rows(path, "attempts")
+    assert len(got) == sum(len(c.attempts) for c in contexts), "more than one INSERT's worth"
+    assert sum(r["attempts"] for r in rows(path)) == len(got)
+    failed = contexts[1]  # an error: a timeout on "fast", then one on "strong"
+    assert [r for r in got if r["request_id"] == failed.request_id] == [
+        {"request_id": failed.request_id, "n": 0, "created_at": failed.created_at,
+         "model": "fast", "provider": "sim", "status": "error", "error": "upstream_timeout",
+         "latency_ms": pytest.approx(10.0), "input_tokens": 11, "output_tokens": 0,
+         "cost_usd": pytest.approx(0.001)},
+        {"request_id": failed.request_id, "n": 1, "created_at": failed.created_at,
+         "model": "strong", "provider": "sim", "status": "error", "error": "upstream_timeout",
+         "latency_ms": 0.0, "input_tokens": 3, "output_tokens": 0,
+         "cost_usd": pytest.approx(0.002)}]
+    assert {r["status"] for r in got if r["request_id"] == contexts[2].request_id} == {
+        "streaming"}, "as the context left it"
+    assert {r["error"] for r in got} == {None, "upstream_timeout"}
+    assert b"sk-abcdefgh12345678" not in path.read_bytes()
+
+
+@pytest.mark.anyio
+async def test_a_request_that_cannot_be_written_leaves_no_attempt_rows(tmp_path: Path) -> None:
+    path = tmp_path / "orphans.db"
+    kernel = kernel_for(path)
+    recorder = SQLiteRecorder()
+    await recorder.startup(kernel)
+    good, twice, other = (make_context(i, "error", 10) for i in range(3))
+    broken = make_context(3, "error", 10)
+    broken.status = None  # requests.status is NOT NULL: its row fails, its attempts would not
+    with structlog.testing.capture_logs() as logs:
+        for ctx in (good, twice, broken, twice, other):  # one batch: it falls back to one by one
+            recorder.record(ctx)
+        await recorder.shutdown(kernel)
+
+    written = {good.request_id, twice.request_id, other.request_id}
+    assert {r["request_id"] for r in rows(path)} == written
+    got = rows(path, "attempts")
+    assert len(got) == 6, "two attempts each, no doubles"
+    assert {r["request_id"] for r in got} == written, "no attempts without their request"
+    failures = {e["request_id"]: e["error"] for e in logs if e["event"] == "record_write_failed"}
+    assert failures.keys() == {broken.request_id, twice.request_id}
+    assert failures[twice.request_id] == "a request with this id is already recorded"
+    assert "NOT NULL constraint failed: requests.status" in failures[broken.request_id]

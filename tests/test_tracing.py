@@ -39,3 +39,18 @@ async def test_request_and_attempt_spans_carry_gen_ai_attributes() -> None:
     assert answered.attributes["gen_ai.usage.output_tokens"] == 5
     assert request.attributes["turnout.request_id"] == ctx.request_id
     assert request.attributes["turnout.route"] == "chain"
+
+
+@pytest.mark.anyio
+async def test_tracing_installed_by_one_test_is_gone_for_the_next() -> None:
+    from opentelemetry import trace
+
+    from .support import reset_tracing
+
+    tracing = install_tracing(InMemorySpanExporter(), "turnout-test")
+    tracing.shutdown()
+    reset_tracing()  # what the autouse fixture does after every test
+    assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+    kernel, _, _ = kernel_for({"small": ["answered"]})
+    async with kernel:
+        assert not kernel.tracing, "no spans are made when nobody installed a provider"

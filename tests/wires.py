@@ -14,7 +14,7 @@ from turnout.adapters.providers.anthropic import AnthropicAdapter
 from turnout.adapters.providers.base import ProviderAdapter
 from turnout.adapters.providers.gemini import GeminiAdapter
 from turnout.adapters.providers.openai import OpenAIAdapter
-from turnout.kernel.config import Provider, Timeouts
+from turnout.adapters.providers.settings import HttpProviderSettings, Timeouts
 from turnout.kernel.types import ChatRequest, ModelProfile
 
 from .fakes import Script, anthropic_app, gemini_app, openai_app, serve
@@ -49,12 +49,12 @@ class Wire:
         with serve(self.app(script, api_key=self.key)) as url:
             yield script, url
 
-    def config(self, url: str, **kw: Any) -> Provider:
+    def config(self, url: str, **kw: Any) -> HttpProviderSettings:
         """The provider config for the fake at ``url``: the key it accepts (unless ``api_key`` is
         given), a short read timeout (unless ``timeout`` is), and any other field in ``kw``."""
         kw.setdefault("api_key", self.key)
         kw.setdefault("timeout", Timeouts(read=0.5))
-        return Provider(kind=self.kind, base_url=url + self.base_path, **kw)
+        return HttpProviderSettings(kind=self.kind, base_url=url + self.base_path, **kw)
 
     def connect(self, url: str, **kw: Any) -> ProviderAdapter:
         """An adapter (named after the model's provider) for the fake at ``url``; ``kw`` as in

@@ -22,13 +22,14 @@ from starlette.routing import Route
 from turnout.kernel.errors import (
     BadRequest,
     BodyTooLarge,
+    ConfigError,
     NotFound,
     ProviderRateLimited,
     RateLimited,
     TurnoutError,
 )
-from turnout.kernel.kernel import AUTO, Kernel, RelayStream
-from turnout.kernel.types import ChatRequest, Context, new_request_id
+from turnout.kernel.kernel import AUTO, AnswerStream, Kernel
+from turnout.kernel.types import Answer, ChatRequest, new_request_id
 
 from .auth import KeyRing
 from .wire import ChunkFramer, completion_json
@@ -39,9 +40,10 @@ EXPLAIN_HEADER = "x-turnout-explain"
 """Request header: when set to 1, the response carries the decision record in x-turnout-decision."""
 
 
-def error_response(error: TurnoutError, request_id: str | None = None) -> Response:
+def error_response(error: TurnoutError, request_id: str | None = None,
+                   headers: dict[str, str] | None = None) -> Response:
     """An OpenAI-style JSON error, with Retry-After for rate limits."""
-    headers = {}
+    headers = dict(headers or {})
     if request_id:
         headers["x-request-id"] = request_id
     retry_after = getattr(error, "retry_after", None)
@@ -80,7 +82,7 @@ class EventStream(StreamingResponse):
     is released and the request is recorded.
     """
 
-    def __init__(self, chunks: RelayStream, framer: ChunkFramer, headers: dict[str, str]) -> None:
+    def __init__(self, chunks: AnswerStream, framer: ChunkFramer, headers: dict[str, str]) -> None:
         super().__init__(self._frames(chunks, framer), media_type="text/event-stream",
                          headers=headers)
         self.chunks = chunks
@@ -93,7 +95,7 @@ class EventStream(StreamingResponse):
                 await self.chunks.aclose()
 
     @staticmethod
-    async def _frames(chunks: RelayStream, framer: ChunkFramer) -> AsyncIterator[bytes]:
+    async def _frames(chunks: AnswerStream, framer: ChunkFramer) -> AsyncIterator[bytes]:
         try:
             async for chunk in chunks:
                 frame = framer.frame(chunk)
@@ -109,6 +111,25 @@ class EventStream(StreamingResponse):
         yield framer.end()
 
 
+COST_HEADER = "x-turnout-cost-usd"
+
+
+def answer_headers(answer: Answer, explain: bool) -> dict[str, str]:
+    """The ``x-turnout-*`` headers of an answer (or of a failed request's account)."""
+    headers = {
+        "x-request-id": answer.request_id,
+        "x-turnout-route": answer.route or "",
+        "x-turnout-model": answer.model or "",
+        "x-turnout-provider": answer.provider or "",
+        "x-turnout-strategy": answer.strategy or "",
+        "x-turnout-attempts": str(answer.attempts),
+        COST_HEADER: f"{answer.cost_usd:.8f}",
+    }
+    if explain:
+        headers["x-turnout-decision"] = orjson.dumps(answer.decision, default=str).decode()
+    return headers
+
+
 class Gateway:
     """The HTTP handlers, bound to one kernel."""
 
@@ -121,21 +142,23 @@ class Gateway:
         request_id = new_request_id()  # ours, never the client's: it keys the record
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        explain = http.headers.get(EXPLAIN_HEADER) == "1"
         try:
             client = self.keys.check(http.headers.get("authorization"))
             request = await self._parse(http)
-            ctx = self.kernel.context(request, request_id=request_id, client=client)
             if request.stream:
-                return await self._stream(ctx, explain=http.headers.get(EXPLAIN_HEADER) == "1")
-            completion = await self.kernel.complete(ctx)
+                chunks = await self.kernel.ask_stream(request, client=client,
+                                                      request_id=request_id)
+                return self._event_stream(request, chunks, explain)
+            answer = await self.kernel.ask(request, client=client, request_id=request_id)
         except TurnoutError as exc:
-            return error_response(exc, request_id)
+            account = getattr(exc, "answer", None)
+            return error_response(exc, request_id,
+                                  answer_headers(account, explain) if account else None)
         except Exception as exc:  # noqa: BLE001 - the last guard: never a traceback to the client
             return internal_error(exc, request_id)
-        headers = self._headers(ctx, http.headers.get(EXPLAIN_HEADER) == "1")
-        headers["x-turnout-cost-usd"] = f"{completion.cost_usd:.8f}"
-        return Response(completion_json(request_id, completion), media_type="application/json",
-                        headers=headers)
+        return Response(completion_json(request_id, answer.completion),
+                        media_type="application/json", headers=answer_headers(answer, explain))
 
     async def _parse(self, http: Request) -> ChatRequest:
         declared = http.headers.get("content-length")
@@ -163,26 +186,14 @@ class Gateway:
             message, param = validation_message(exc)
             raise BadRequest(message, param=param) from None
 
-    async def _stream(self, ctx: Context, explain: bool) -> Response:
-        chunks = await self.kernel.stream(ctx)  # fallback happens in here, before any byte
-        step = ctx.plan.steps[ctx.plan.cursor].model
-        include_usage = bool((ctx.request.stream_options or {}).get("include_usage"))
-        framer = ChunkFramer(ctx.request_id, step.name, include_usage)
-        return EventStream(chunks, framer, {**self._headers(ctx, explain),
-                                            "cache-control": "no-cache"})
-
-    def _headers(self, ctx: Context, explain: bool) -> dict[str, str]:
-        attempt = ctx.attempts[-1] if ctx.attempts else None
-        headers = {
-            "x-request-id": ctx.request_id,
-            "x-turnout-route": ctx.route or "",
-            "x-turnout-model": attempt.model if attempt else "",
-            "x-turnout-provider": attempt.provider if attempt else "",
-            "x-turnout-attempts": str(len(ctx.attempts)),
-        }
-        if explain:
-            headers["x-turnout-decision"] = orjson.dumps(ctx.decision, default=str).decode()
-        return headers
+    @staticmethod
+    def _event_stream(request: ChatRequest, chunks: AnswerStream, explain: bool) -> Response:
+        answer = chunks.answer  # as it stands at the first chunk: no cost yet
+        include_usage = bool((request.stream_options or {}).get("include_usage"))
+        framer = ChunkFramer(answer.request_id, answer.model or "", include_usage)
+        headers = answer_headers(answer, explain)
+        headers.pop(COST_HEADER)
+        return EventStream(chunks, framer, {**headers, "cache-control": "no-cache"})
 
     async def models(self, http: Request) -> Response:
         try:
@@ -219,7 +230,10 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 def create_app(kernel: Kernel, *, manage_kernel: bool = True) -> Starlette:
-    """The ASGI app; with ``manage_kernel`` its lifespan starts and stops the kernel."""
+    """The ASGI app: the API and the routes plugins registered; with ``manage_kernel`` its
+    lifespan starts and stops the kernel. Loads the kernel's plugins if that has not happened."""
+    if not kernel.loaded:
+        kernel.load_plugins()
     gateway = Gateway(kernel)
 
     @contextlib.asynccontextmanager
@@ -232,14 +246,21 @@ def create_app(kernel: Kernel, *, manage_kernel: bool = True) -> Starlette:
             if manage_kernel:
                 await kernel.stop()
 
+    routes = [
+        Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
+        Route("/chat/completions", gateway.chat_completions, methods=["POST"]),
+        Route("/v1/models", gateway.models, methods=["GET"]),
+        Route("/healthz", gateway.healthz, methods=["GET"]),
+        Route("/readyz", gateway.readyz, methods=["GET"]),
+    ]
+    taken = {route.path for route in routes}
+    for path, extra in kernel.http_routes.items():
+        if path in taken:
+            raise ConfigError(f"plugin {kernel.http_routes.owners[path]!r} registered HTTP route "
+                              f"{path!r}, which the API serves itself; choose another path")
+        routes.append(Route(path, extra.endpoint, methods=list(extra.methods)))
     return Starlette(
-        routes=[
-            Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
-            Route("/chat/completions", gateway.chat_completions, methods=["POST"]),
-            Route("/v1/models", gateway.models, methods=["GET"]),
-            Route("/healthz", gateway.healthz, methods=["GET"]),
-            Route("/readyz", gateway.readyz, methods=["GET"]),
-        ],
+        routes=routes,
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,
     )

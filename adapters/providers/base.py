@@ -7,14 +7,13 @@ kernel's error tree. No httpx exception leaves an adapter.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from typing import Any, AsyncIterator
 
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse
 
-from turnout.kernel.config import Provider
-from turnout.kernel.types import ChatRequest, Chunk, Completion, ModelProfile
+from turnout.kernel.provider import Provider
+from turnout.kernel.types import ModelProfile
 
 from .errors import (
     araise_for_status,
@@ -24,17 +23,19 @@ from .errors import (
     raise_for_status,
     transport_error,
 )
+from .settings import HttpProviderSettings
 
 
-class ProviderAdapter(ABC):
-    """Base of the adapters; ``kind`` is the config's ``providers.NAME.kind``."""
+class ProviderAdapter(Provider):
+    """Base of the HTTP adapters; ``kind`` is the config's ``providers.NAME.kind``."""
 
+    Settings = HttpProviderSettings
     kind = ""
     default_base_url: str | None = None
     key_header = "authorization"
     """The header that carries the API key."""
 
-    def __init__(self, name: str, config: Provider, *, client: httpx.AsyncClient | None = None,
+    def __init__(self, name: str, config: HttpProviderSettings, *, client: httpx.AsyncClient | None = None,
                  base_url: str | None = None) -> None:
         self.name = name
         self.config = config
@@ -96,15 +97,8 @@ class ProviderAdapter(ABC):
         except httpx.HTTPError as exc:
             raise transport_error(exc, self.name, model.name, mid_stream=started) from None
 
-    @abstractmethod
-    async def complete(self, request: ChatRequest, model: ModelProfile) -> Completion:
-        """Send a non-streaming request and return the whole answer."""
-
-    @abstractmethod
-    def stream(self, request: ChatRequest, model: ModelProfile) -> AsyncIterator[Chunk]:
-        """Send a streaming request; iterate the answer's chunks, the last carrying usage."""
-
     async def aclose(self) -> None:
+        """Close the pooled HTTP client."""
         await self.client.aclose()
 
 

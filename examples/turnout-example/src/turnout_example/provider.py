@@ -1,39 +1,57 @@
-"""A provider plugin: registers its model at startup and answers ``call`` for it."""
+"""A provider kind: ``echo``, usable from a gateway config as ``[providers.NAME] kind = "echo"``.
+
+The kind's settings are its own pydantic model, validated at start-up with the same
+``file:line: key: message`` errors as the rest of the config. A real provider would call its
+upstream where this one echoes.
+"""
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from turnout.kernel import hookimpl
-from turnout.kernel.types import Chunk, Completion, ModelProfile, Usage
-
-PROVIDER = "example"
-MODEL = ModelProfile(name="example-echo", provider=PROVIDER, upstream="echo-1",
-                     context_window=8192, input_price=0.01, output_price=0.02, tier=0,
-                     description="echoes the last user message")
+from turnout.kernel.provider import Provider, ProviderSettings
+from turnout.kernel.types import Chunk, Completion, Usage
 
 
-class EchoProvider:
-    """Answers ``example-echo`` with the last user message, reversed word by word."""
+class EchoSettings(ProviderSettings):
+    """An echo provider: answers with the last user message, its words reversed."""
 
-    @hookimpl
-    def startup(self, kernel) -> None:
-        if MODEL.name not in kernel.models:
-            kernel.models.register(MODEL)
+    prefix: str = Field(default="", description="Put before every answer.")
 
-    @hookimpl
-    async def call(self, ctx, step):
-        if step.model.provider != PROVIDER:
-            return None  # not ours: let the next provider answer
-        last = next(m.text() for m in reversed(ctx.request.messages) if m.role == "user")
+
+class EchoProvider(Provider):
+    """Answers every model it serves with the last user message, reversed word by word."""
+
+    Settings = EchoSettings
+
+    def __init__(self, name: str, settings: EchoSettings) -> None:
+        self.name = name
+        self.settings = settings
+
+    def _answer(self, request) -> tuple[str, Usage]:
+        last = next(m.text() for m in reversed(request.messages) if m.role == "user")
         words = last.split()
-        answer = " ".join(reversed(words))
-        usage = Usage(input_tokens=len(words), output_tokens=len(words))
-        if ctx.request.stream:
-            return self._stream(answer, usage)
-        return Completion(content=answer, usage=usage)
+        answer = self.settings.prefix + " ".join(reversed(words))
+        return answer, Usage(input_tokens=len(words), output_tokens=len(words))
 
-    @staticmethod
-    async def _stream(answer: str, usage: Usage):
+    async def complete(self, request, model) -> Completion:
+        answer, usage = self._answer(request)
+        return Completion(content=answer, usage=usage, model=model.name, provider=self.name)
+
+    async def stream(self, request, model):
+        answer, usage = self._answer(request)
         yield Chunk(role="assistant")
         for word in answer.split():
             yield Chunk(content=word + " ")
         yield Chunk(finish_reason="stop", usage=usage)
+
+
+class EchoKind:
+    """The plugin: registers the provider kind ``echo``."""
+
+    name = "example_provider"
+
+    @hookimpl
+    def register_providers(self, register) -> None:
+        register("echo", EchoProvider)

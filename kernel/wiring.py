@@ -1,0 +1,129 @@
+"""Checks what the config names against what the loaded plugins registered, and validates every
+plugin-owned table with the owner's own pydantic model.
+
+Runs once, after plugins load and their registration hooks ran: plugin sections (``[record]``,
+``[my_plugin]``), provider tables by kind, route sub-tables by strategy, validators named by routes
+and the store backend. Every problem is collected, each with its file and line, and reported at
+once; ``turnout config check`` runs the same check as ``turnout serve``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from pydantic import BaseModel, SecretStr, ValidationError
+
+from .config import KERNEL_SECTIONS, Problem, validation_problems
+from .observability import register_secret
+
+if TYPE_CHECKING:
+    from .kernel import Kernel
+
+
+@dataclass(slots=True)
+class Wiring:
+    """Validated settings, by owner."""
+
+    plugins: dict[str, BaseModel] = field(default_factory=dict)
+    """Plugin name -> its validated section."""
+    providers: dict[str, BaseModel] = field(default_factory=dict)
+    """Provider name -> its validated table."""
+    strategies: dict[tuple[str, str], BaseModel] = field(default_factory=dict)
+    """(route, strategy) -> the route's validated sub-table for that strategy."""
+    store: BaseModel | None = None
+    problems: list[Problem] = field(default_factory=list)
+
+
+def settings_model(owner: Any) -> type[BaseModel] | None:
+    """The pydantic model a plugin, strategy or factory declares as ``Settings``, if any."""
+    model = getattr(owner, "Settings", None)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def wire(kernel: Kernel) -> Wiring:
+    """Validate every plugin-owned part of ``kernel.config``; problems are collected, not raised."""
+    config = kernel.config
+    out = Wiring()
+
+    def validate(model: type[BaseModel], raw: Any, where: tuple, keep: Callable) -> None:
+        try:
+            value = model.model_validate(raw if raw is not None else {})
+        except ValidationError as exc:
+            out.problems.extend(validation_problems(exc, where))
+            return
+        _register_secrets(value)
+        keep(value)
+
+    claimed: set[str] = set()
+    for name, plugin in kernel.plugins.items():
+        model = settings_model(plugin)
+        if model is None:
+            continue
+        if name in KERNEL_SECTIONS:
+            out.problems.append(((name,), f"plugin {name!r} declares settings, but {name!r} is a "
+                                 "kernel section; the plugin must be given another name"))
+            continue
+        claimed.add(name)
+        validate(model, config.section(name), (name,),
+                 lambda v, n=name: out.plugins.__setitem__(n, v))
+    for key in config.model_extra or {}:
+        if key not in claimed and key not in kernel.plugins.disabled:
+            owners = ", ".join(sorted(claimed)) or "none"
+            out.problems.append(((key,), f"unknown key: neither a kernel section "
+                                 f"({', '.join(KERNEL_SECTIONS)}) nor a loaded plugin with settings "
+                                 f"({owners})"))
+
+    kinds = kernel.provider_kinds
+    for name, entry in config.providers.items():
+        kind = kinds.get(entry.kind)
+        if kind is None:
+            out.problems.append((("providers", name, "kind"), f"unknown provider kind "
+                                 f"{entry.kind!r}; registered kinds: {kinds.known()} (is the "
+                                 "plugin that provides it installed and loaded?)"))
+            continue
+        validate(kind.settings, entry.model_dump(), ("providers", name),
+                 lambda v, n=name: out.providers.__setitem__(n, v))
+
+    strategies, validators = kernel.strategies, kernel.validators
+    for name, route in config.routes.items():
+        if route.strategy not in strategies:
+            out.problems.append((("routes", name, "strategy"), f"unknown strategy "
+                                 f"{route.strategy!r}; registered: {strategies.known()}"))
+        for v in route.validators or ():
+            if v not in validators:
+                out.problems.append((("routes", name, "validators"), f"unknown validator {v!r}; "
+                                     f"registered: {validators.known()}"))
+        for key, raw in (route.model_extra or {}).items():
+            strategy = strategies.get(key)
+            if strategy is None:
+                out.problems.append((("routes", name, key), "unknown key; a route takes its own "
+                                     "keys and one sub-table per registered strategy "
+                                     f"({strategies.known()})"))
+                continue
+            validate(settings_model(strategy) or BaseModel, raw, ("routes", name, key),
+                     lambda v, k=(name, key): out.strategies.__setitem__(k, v))
+
+    backend = config.store.backend
+    factory = kernel.store_backends.get(backend)
+    if factory is None:
+        out.problems.append((("store", "backend"), f"unknown store backend {backend!r}; "
+                             f"registered: {kernel.store_backends.known()}"))
+    else:
+        validate(settings_model(factory) or BaseModel, (config.store.model_extra or {}).get(backend),
+                 ("store", backend), lambda v: setattr(out, "store", v))
+    for key in config.store.model_extra or {}:
+        if key != backend:
+            out.problems.append((("store", key), f"a sub-table for backend {key!r}, but "
+                                 f"store.backend is {backend!r}"))
+    return out
+
+
+def _register_secrets(settings: BaseModel) -> None:
+    """Mask every secret a validated table holds, wherever it may show up later."""
+    for name in type(settings).model_fields:
+        value = getattr(settings, name, None)
+        if isinstance(value, SecretStr):
+            register_secret(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            _register_secrets(value)

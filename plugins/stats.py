@@ -1,0 +1,251 @@
+"""``turnout stats``: what the request log says, per request and per attempt.
+
+Reads the SQLite log the ``record`` plugin writes (read-only, while the gateway writes), and
+registers the ``stats`` command through the record plugin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from turnout.kernel import config as config_module
+from turnout.kernel.errors import BadRequest, ConfigError
+
+
+def open_log(path: str) -> sqlite3.Connection:
+    """Open the request log read-only; raises ConfigError when nothing has been recorded there."""
+    file = Path(path)
+    if path == ":memory:" or not file.is_file():
+        raise ConfigError(
+            f"no requests have been recorded at {path!r} yet (no such file). Start the gateway "
+            "with [record] enabled, or point at another request log with --db PATH (or "
+            "record.path in the config).")
+    conn = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        conn.execute("SELECT 1 FROM requests LIMIT 1")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise ConfigError(f"{path!r} is not a Turnout request log ({exc}); point at the "
+                          "record.path of the gateway with --db PATH") from None
+    return conn
+
+
+def percentile(ordered: list[float], p: float) -> float | None:
+    """The nearest-rank ``p``-th percentile of an ascending list; None when it is empty."""
+    if not ordered:
+        return None
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def _ms(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def summarize(path: str, *, since: float | None = None) -> dict[str, Any]:
+    """Totals, spend and latency percentiles of the request log: per request and per attempt.
+
+    Two views of the same traffic:
+
+    * **Per request** (``requests``, ``ok``, ``errors``, ``cancelled``, ``spend_usd``,
+      ``latency_ms``, ``overhead_ms`` and ``by_route``): one count per request a client made, that
+      is per top-level ``requests`` row (``parent_id IS NULL``). Sub-requests of multi-call
+      strategies are not counted again: their parent's ``cost_usd`` already includes their spend
+      and its latency their time. ``spend_usd`` is the whole requests' spend, failed attempts
+      included; latency is end to end.
+    * **Per attempt** (``attempts`` and ``by_model``): one count per call to a model, from the
+      ``attempts`` table, sub-requests' calls included. Each attempt row belongs to exactly one
+      request row and a parent's own attempts are only the calls it made itself, so no call is
+      counted twice. A model is credited with its own calls only: their success, latency,
+      spend and tokens, not those of the fallback that answered after it failed.
+
+    ``since`` (a Unix time) keeps only requests created at or after it, and the attempts of those
+    requests. Percentiles use the nearest-rank method, failed requests and attempts included.
+    ``by_model`` is sorted by attempts, ``by_route`` by requests (a request without a route has
+    route None). A log written before attempts were recorded has no ``attempts`` table:
+    ``by_model`` is then empty.
+    """
+    window = (since if since is not None else -math.inf,)
+    conn = open_log(path)
+    try:
+        conn.execute("BEGIN")  # one snapshot for every query, while the gateway writes
+        requests = conn.execute(
+            "SELECT route, status, cost_usd, latency_ms, overhead_ms FROM requests "
+            "WHERE created_at >= ? AND parent_id IS NULL", window).fetchall()
+        has_attempts = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'attempts'").fetchone()
+        if has_attempts:
+            attempts = conn.execute(
+                "SELECT model, provider, status, cost_usd, latency_ms, input_tokens, "
+                "output_tokens FROM attempts WHERE created_at >= ?", window).fetchall()
+        else:
+            attempts = []
+    finally:
+        conn.close()
+
+    latencies: list[float] = []
+    overheads: list[float] = []
+    counts = {"ok": 0, "error": 0, "cancelled": 0}
+    spend = 0.0
+    per_route: dict[str | None, _Group] = {}
+    for route, status, cost, latency, overhead in requests:
+        counts[status] = counts.get(status, 0) + 1
+        spend += cost or 0.0
+        per_route.setdefault(route, _Group()).add(status, cost, latency)
+        if latency is not None:
+            latencies.append(latency)
+        if overhead is not None:
+            overheads.append(overhead)
+    by_route = [{"route": route, "requests": g.count, **g.figures((50, 95))}
+                for route, g in per_route.items()]
+    by_route.sort(key=lambda r: (-r["requests"], r["route"] is None, r["route"] or ""))
+
+    per_model: dict[tuple[str | None, str | None], _Group] = {}
+    for model, provider, status, cost, latency, tokens_in, tokens_out in attempts:
+        group = per_model.setdefault((model, provider), _Group())
+        group.add(status, cost, latency)
+        group.input_tokens += tokens_in or 0
+        group.output_tokens += tokens_out or 0
+    by_model = [{"model": model, "provider": provider, "attempts": g.count,
+                 **g.figures((50, 95, 99)), "input_tokens": g.input_tokens,
+                 "output_tokens": g.output_tokens}
+                for (model, provider), g in per_model.items()]
+    by_model.sort(key=lambda m: (-m["attempts"], m["model"] or "", m["provider"] or ""))
+
+    latencies.sort()
+    overheads.sort()
+    return {
+        "path": path, "since": since, "requests": len(requests), "ok": counts["ok"],
+        "errors": counts["error"], "cancelled": counts["cancelled"],
+        "spend_usd": round(spend, 8),
+        "latency_ms": {f"p{p}": _ms(percentile(latencies, p)) for p in (50, 95, 99)},
+        "overhead_ms": {f"p{p}": _ms(percentile(overheads, p)) for p in (50, 99)},
+        "by_route": by_route,
+        "attempts": len(attempts), "by_model": by_model,
+    }
+
+
+class _Group:
+    """Running figures of a group of requests or attempts: a route's, a model's."""
+
+    __slots__ = ("count", "ok", "spend", "latencies", "input_tokens", "output_tokens")
+
+    def __init__(self) -> None:
+        self.count = self.ok = self.input_tokens = self.output_tokens = 0
+        self.spend = 0.0
+        self.latencies: list[float] = []
+
+    def add(self, status: str | None, cost: float | None, latency: float | None) -> None:
+        self.count += 1
+        self.ok += status == "ok"
+        self.spend += cost or 0.0
+        if latency is not None:
+            self.latencies.append(latency)
+
+    def figures(self, percentiles: tuple[int, ...]) -> dict[str, Any]:
+        """``ok``, ``success_rate``, ``spend_usd`` and the ``pNN_ms`` latency percentiles."""
+        ordered = sorted(self.latencies)
+        return {"ok": self.ok, "success_rate": self.ok / self.count,
+                "spend_usd": round(self.spend, 8),
+                **{f"p{p}_ms": _ms(percentile(ordered, p)) for p in percentiles}}
+
+
+def _fmt_ms(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value / 1000:.2f} s" if value >= 1000 else f"{value:.1f} ms"
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    """Plain-text table lines: the first column left-aligned, the others (numbers) right."""
+    table = [header, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return ["  ".join([row[0].ljust(widths[0])]
+                      + [c.rjust(w) for c, w in zip(row[1:], widths[1:])]).rstrip()
+            for row in table]
+
+
+def render_stats(summary: dict[str, Any]) -> str:
+    """The summary from :func:`summarize` as a plain-text report: per request, with a table per
+    route, then per attempt, with a table per model."""
+    where = summary.get("path") or "the request log"
+    since = summary.get("since")
+    window = (f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}"
+              if since is not None else "")
+    if not summary["requests"] and not summary.get("attempts"):
+        return f"No requests recorded in {where}{window}."
+    lat, over = summary["latency_ms"], summary["overhead_ms"]
+    lines = [
+        f"Requests in {where}{window}",
+        "",
+        "Per request",
+        f"  {summary['requests']:,} requests: {summary['ok']:,} ok, {summary['errors']:,} errors"
+        f", {summary.get('cancelled', 0):,} cancelled; spend ${summary['spend_usd']:.6f}",
+        f"  latency p50 {_fmt_ms(lat['p50'])}, p95 {_fmt_ms(lat['p95'])}, "
+        f"p99 {_fmt_ms(lat['p99'])}; gateway overhead p50 {_fmt_ms(over['p50'])}, "
+        f"p99 {_fmt_ms(over['p99'])}",
+        "",
+    ]
+    if summary.get("by_route"):
+        lines += _table(
+            ("route", "requests", "success", "spend $", "p50", "p95"),
+            [(r["route"] or "(none)", f"{r['requests']:,}", f"{r['success_rate'] * 100:.1f}%",
+              f"{r['spend_usd']:.6f}", _fmt_ms(r["p50_ms"]), _fmt_ms(r["p95_ms"]))
+             for r in summary["by_route"]])
+        lines.append("")
+    by_model = summary.get("by_model") or []
+    lines.append(f"Per attempt, by model ({summary.get('attempts', 0):,} attempts)")
+    if by_model:
+        lines += _table(
+            ("model", "attempts", "success", "spend $", "p50", "p95", "p99", "in tokens",
+             "out tokens"),
+            [(m["model"] or "(none)", f"{m['attempts']:,}", f"{m['success_rate'] * 100:.1f}%",
+              f"{m['spend_usd']:.6f}", _fmt_ms(m["p50_ms"]), _fmt_ms(m["p95_ms"]),
+              _fmt_ms(m["p99_ms"]), f"{m['input_tokens']:,}", f"{m['output_tokens']:,}")
+             for m in by_model])
+    else:
+        lines.append("  no per-attempt data in this log")
+    return "\n".join(lines)
+
+
+AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_age(text: str) -> float:
+    """Seconds in an age such as ``30m``, ``24h`` or ``7d``."""
+    number, unit = text[:-1], text[-1:]
+    try:
+        return float(number) * AGE_UNITS[unit]
+    except (ValueError, KeyError):
+        raise BadRequest(f"--since {text!r}: write a number and a unit (s, m, h, d), "
+                         "e.g. 24h") from None
+
+
+def arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``turnout stats``."""
+    parser.add_argument("--config", help="config file (for record.path); provider secrets "
+                        "need not be set")
+    parser.add_argument("--db", help="SQLite record file (default: record.path)")
+    parser.add_argument("--since", metavar="AGE", help="only requests newer than AGE: 30m, 24h, "
+                        "7d")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``turnout stats``: print the summary of the request log."""
+    from .sqlite_recorder import RecordSettings
+
+    path = args.db
+    if path is None:
+        config = config_module.load(args.config, lenient_env=True, references=False)
+        path = RecordSettings.model_validate(config.section("record") or {}).path
+    since = time.time() - parse_age(args.since) if args.since else None
+    summary = summarize(path, since=since)
+    print(json.dumps(summary, indent=2) if args.json else render_stats(summary))
+    return 0
