@@ -154,6 +154,7 @@ class Kernel:
         self.started = False
         self.tracing = False
         self._route_validators: dict[str, list[tuple[str, Callable[..., Any]]]] = {}
+        self._default_validators: list[tuple[str, Callable[..., Any]]] = []
         self._default_strategy_settings: dict[str, BaseModel] = {}
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -176,7 +177,7 @@ class Kernel:
         self.config.fail(self.config.problems() + problems + self.wiring.problems)
         for name, route in self.config.routes.items():
             self._route_validators[name] = self._validators_for(route)
-        self._route_validators[""] = self._validators_for(DEFAULT_ROUTE)
+        self._default_validators = self._validators_for(DEFAULT_ROUTE)
         self.loaded = True
 
     def _validators_for(self, route: Route) -> list[tuple[str, Callable[..., Any]]]:
@@ -341,9 +342,13 @@ class Kernel:
         ``request.stream`` is set."""
         ctx = self.context(request, parent=parent, client=parent.client)
         parent.children.append(ctx)
-        if request.stream:
-            return await self.stream(ctx)
-        return await self.complete(ctx)
+        parent.begin_wait()  # the parent's own overhead excludes its sub-requests' time
+        try:
+            if request.stream:
+                return await self.stream(ctx)
+            return await self.complete(ctx)
+        finally:
+            parent.end_wait()
 
     # --- steps of the pipeline -----------------------------------------------------------------
 
@@ -460,6 +465,7 @@ class Kernel:
         call = self._call_first_chunk if ctx.request.stream else self._call_whole
         with self._attempt_span(step) as span:
             _gen_ai_request(span, ctx, step)
+            ctx.begin_wait()
             try:
                 result = await call(ctx, step, attempt)
             except ProviderError as exc:
@@ -473,7 +479,8 @@ class Kernel:
                     self._cancel_attempt(ctx, step, attempt)
                 raise
             finally:
-                self._end_attempt(ctx, attempt)
+                attempt.latency_s = time.perf_counter() - attempt.started
+                ctx.end_wait()
             if error is not None:
                 attempt.status, attempt.error = "error", f"{error.kind}: {error}"
             elif attempt.status == "rejected":
@@ -583,6 +590,7 @@ class Kernel:
         usage: Usage | None = None
         finish = None
         resumed = time.perf_counter()
+        ctx.begin_wait()
         try:
             chunk: Chunk | None = started.first
             while chunk is not None:
@@ -623,10 +631,9 @@ class Kernel:
             self._fail(ctx, exc)
             raise
         finally:
-            elapsed = time.perf_counter() - resumed
-            ctx.upstream_s += elapsed
+            ctx.end_wait()
             if attempt is not None:
-                attempt.latency_s += elapsed
+                attempt.latency_s += time.perf_counter() - resumed
                 if attempt.status == "streaming":
                     attempt.status = "ok" if ctx.status == "ok" else "cancelled"
             await _aclose(rest)
@@ -657,20 +664,13 @@ class Kernel:
 
     async def _validate(self, ctx: Context, attempt: Attempt, completion: Completion) -> None:
         verdicts = await self.plugins.hook.validate(ctx=ctx, completion=completion)
-        named = self._route_validators.get(ctx.route or "") if ctx.route in self.config.routes \
-            else self._route_validators.get("")
-        for _, check in named or ():
+        for _, check in self._route_validators.get(ctx.route or "", self._default_validators):
             verdict = await resolve(check(ctx, completion))
             if verdict is not None:
                 verdicts.append(verdict)
         attempt.verdicts = verdicts
         if any(not v.ok for v in verdicts):
             attempt.status = "rejected"
-
-    @staticmethod
-    def _end_attempt(ctx: Context, attempt: Attempt) -> None:
-        attempt.latency_s = time.perf_counter() - attempt.started
-        ctx.upstream_s += attempt.latency_s
 
     @staticmethod
     def _fail(ctx: Context, exc: BaseException) -> None:
@@ -820,6 +820,3 @@ async def _aclose(stream: Any) -> None:
             except Exception:  # noqa: BLE001 - a stream failing to close is not the request's error
                 log.debug("stream_close_failed", exc_info=True)
 
-
-RelayStream = AnswerStream
-"""The name this stream had before ``ask_stream``; kept for plugins that imported it."""

@@ -119,22 +119,28 @@ class HookCaller:
         self.manager = manager
         self.spec = spec
 
-    def _check_call(self, kwargs: dict[str, Any]) -> None:
-        if kwargs.keys() != self.spec.argnames:
-            missing = sorted(self.spec.argnames - kwargs.keys())
-            extra = sorted(kwargs.keys() - self.spec.argnames)
-            frame = sys._getframe(2)
-            where = f"{frame.f_code.co_filename}:{frame.f_lineno}"
-            problem = (f"must provide argument(s) {missing}" if missing
-                       else f"passes argument(s) {extra} that the spec does not declare")
-            raise HookCallError(
-                f"the call of hook {self.spec.name!r} at {where} {problem}; the spec takes "
-                f"{sorted(self.spec.argnames)} (kernel/hookspecs.py). This is the caller's "
-                "mistake, not a plugin's.")
+    def blame_caller(self, kwargs: dict[str, Any]) -> HookCallError:
+        """The error for a call whose arguments are not the spec's, naming the call site (the
+        first frame outside this module)."""
+        missing = sorted(self.spec.argnames - kwargs.keys())
+        extra = sorted(kwargs.keys() - self.spec.argnames)
+        frame = sys._getframe(1)
+        while frame.f_back is not None and frame.f_code.co_filename == __file__:
+            frame = frame.f_back
+        where = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+        problem = (f"must provide argument(s) {missing}" if missing
+                   else f"passes argument(s) {extra} that the spec does not declare")
+        return HookCallError(
+            f"the call of hook {self.spec.name!r} at {where} {problem}; the spec takes "
+            f"{sorted(self.spec.argnames)} (kernel/hookspecs.py). This is the caller's "
+            "mistake, not a plugin's.")
 
     async def __call__(self, **kwargs: Any) -> Any:
-        self._check_call(kwargs)
         manager, spec = self.manager, self.spec
+        # A count is cheap on every call; a wrong name with the right count surfaces as the
+        # KeyError of the first implementation that names the argument (see _invoke).
+        if len(kwargs) != len(spec.argnames):
+            raise self.blame_caller(kwargs)
         if spec.firstresult:
             for impl in manager.impls(spec.name):
                 result = await manager.invoke(spec, impl, kwargs)
@@ -280,8 +286,14 @@ class PluginManager:
 
     async def _invoke(self, spec: Spec, impl: Impl, kwargs: dict[str, Any]) -> Any:
         try:
-            result = impl.function(*[kwargs[a] for a in impl.argnames])
-            if impl.is_async or inspect.isawaitable(result):
+            args = [kwargs[a] for a in impl.argnames]
+        except KeyError:
+            raise getattr(self.hook, spec.name).blame_caller(kwargs) from None
+        try:
+            result = impl.function(*args)
+            if impl.is_async:
+                result = await result
+            elif result is not None and inspect.isawaitable(result):
                 result = await result
         except TurnoutError as exc:
             if not hasattr(exc, "plugin"):

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 
 class NoSettings(BaseModel):
-    """A strategy that takes no settings: its sub-table, if written, must be empty."""
+    """The settings of a strategy (or store backend) that takes none: its table, if written,
+    must be empty."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -95,8 +96,11 @@ class Run:
         """Wait out a provider (a Retry-After, a backoff); the time counts as provider time, not
         as the gateway's overhead."""
         if seconds > 0:
-            await anyio.sleep(seconds)
-            self.ctx.upstream_s += seconds
+            self.ctx.begin_wait()
+            try:
+                await anyio.sleep(seconds)
+            finally:
+                self.ctx.end_wait()
 
     async def subrequest(self, request: ChatRequest | None = None, *, model: str | None = None,
                          stream: bool = False) -> Completion | AnswerStream:

@@ -292,6 +292,8 @@ class Context:
     created_at: float = field(default_factory=time.time)
     ended: float | None = None
     upstream_s: float = 0.0
+    waiting: int = 0
+    wait_since: float = 0.0
 
     @property
     def spend_usd(self) -> float:
@@ -341,8 +343,21 @@ class Context:
     @property
     def overhead_s(self) -> float:
         """Time the gateway itself took: total minus time waiting on providers (their answers,
-        and the Retry-After waits and backoffs between attempts)."""
+        the Retry-After waits and backoffs between attempts, and sub-requests)."""
         return max(0.0, self.latency_s - self.upstream_s)
+
+    def begin_wait(self) -> None:
+        """Start waiting on something outside the gateway (a provider, a sub-request). Waits
+        that overlap (concurrent attempts, a race of sub-requests) count once, as wall time."""
+        if self.waiting == 0:
+            self.wait_since = time.perf_counter()
+        self.waiting += 1
+
+    def end_wait(self) -> None:
+        """Stop one wait begun with :meth:`begin_wait`."""
+        self.waiting -= 1
+        if self.waiting == 0:
+            self.upstream_s += time.perf_counter() - self.wait_since
 
     def drop(self, model: ModelProfile, reason: str) -> None:
         """Remove a candidate model and note why in the decision record."""

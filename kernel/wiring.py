@@ -16,6 +16,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from .config import KERNEL_SECTIONS, Problem, validation_problems
 from .observability import register_secret
+from .strategy import NoSettings
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -101,7 +102,7 @@ def wire(kernel: Kernel) -> Wiring:
                                      "keys and one sub-table per registered strategy "
                                      f"({strategies.known()})"))
                 continue
-            validate(settings_model(strategy) or BaseModel, raw, ("routes", name, key),
+            validate(settings_model(strategy) or NoSettings, raw, ("routes", name, key),
                      lambda v, k=(name, key): out.strategies.__setitem__(k, v))
 
     backend = config.store.backend
@@ -110,7 +111,7 @@ def wire(kernel: Kernel) -> Wiring:
         out.problems.append((("store", "backend"), f"unknown store backend {backend!r}; "
                              f"registered: {kernel.store_backends.known()}"))
     else:
-        validate(settings_model(factory) or BaseModel, (config.store.model_extra or {}).get(backend),
+        validate(settings_model(factory) or NoSettings, (config.store.model_extra or {}).get(backend),
                  ("store", backend), lambda v: setattr(out, "store", v))
     for key in config.store.model_extra or {}:
         if key != backend:

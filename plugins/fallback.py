@@ -36,7 +36,7 @@ from turnout.kernel.errors import (
 )
 from turnout.kernel.hookspecs import hookimpl
 from turnout.kernel.strategy import AttemptFailed, Run, Strategy
-from turnout.kernel.types import Alert, Completion, Context, Escalation, Verdict
+from turnout.kernel.types import Alert, Context, Escalation, Verdict
 
 from .fit import fits
 
@@ -156,5 +156,3 @@ class Fallback:
 
 DEFAULTS = FallbackSettings()
 """Escalation settings where the plan carries none of the fallback's (another strategy's plan)."""
-
-__all__ = ["Completion", "DEFAULTS", "Fallback", "FallbackSettings", "FallbackStrategy"]

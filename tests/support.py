@@ -61,7 +61,9 @@ class Recorder:
 
 
 def kernel_for(script, route: dict | None = None, models: dict | None = None,
-               fallback: dict | None = None):
+               fallback: dict | None = None, plugins: dict[str, object] | None = None):
+    """A kernel over two scripted models, small and big, on the route ``chain``; ``plugins``
+    (by name) load with the built-ins, so their registration hooks count."""
     config = parse({
         "providers": {"p": {"kind": "openai-compatible", "base_url": "http://127.0.0.1:9/v1"}},
         "models": models or {
@@ -75,6 +77,8 @@ def kernel_for(script, route: dict | None = None, models: dict | None = None,
         "routing": {"default": "chain"},
     }, source="test")
     kernel = Kernel(config, builtins=ROUTING)
+    for name, plugin in (plugins or {}).items():
+        kernel.plugins.register(plugin, name=name)
     kernel.load_plugins()
     provider, recorder = Scripted(script), Recorder()
     kernel.plugins.register(provider, name="scripted")

@@ -57,6 +57,7 @@ def test_sync_answer_with_turnout_headers(gateway) -> None:
     assert raw.headers["x-turnout-model"] == "fast"
     assert raw.headers["x-turnout-provider"] == "fleet"
     assert raw.headers["x-turnout-route"] == "duo"
+    assert raw.headers["x-turnout-strategy"] == "fallback"
     assert raw.headers["x-request-id"].startswith("req_")
     usage = completion.usage
     assert float(raw.headers["x-turnout-cost-usd"]) == pytest.approx(
@@ -66,10 +67,12 @@ def test_sync_answer_with_turnout_headers(gateway) -> None:
 @pytest.mark.anyio
 async def test_async_answer_by_model_name(gateway) -> None:
     async with gateway.async_client(KEY) as client:
-        completion = await client.chat.completions.create(
+        raw = await client.chat.completions.with_raw_response.create(
             model="slow", messages=ask("What is a turnout?"))
+    completion = raw.parse()
     assert completion.choices[0].message.content.startswith("[slow]")
     assert completion.model == "slow"
+    assert raw.headers["x-turnout-route"] == "slow", "a model asked for by name is its route"
 
 
 def test_sync_stream_with_usage(gateway) -> None:

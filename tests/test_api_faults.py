@@ -7,6 +7,7 @@ client is the official openai SDK.
 
 from __future__ import annotations
 
+import json
 from contextlib import ExitStack
 
 import httpx
@@ -195,10 +196,19 @@ def test_every_provider_down_is_a_503_in_openai_format(gateway, fakes) -> None:
     fakes[0]["openai"].push(Status(502), Status(502))
     fakes[0]["anthropic"].push(Status(529), Status(500))
     with pytest.raises(openai.InternalServerError) as info:
-        gateway.client().chat.completions.create(model="chain", messages=ask())
+        gateway.client().chat.completions.create(model="chain", messages=ask(),
+                                                 extra_headers={"x-turnout-explain": "1"})
     assert info.value.status_code == 503
     assert info.value.body["code"] == "upstream_unavailable"
     assert upstream_calls(fakes, "gemini") == 0  # max_attempts (4) was spent first
+    # An error carries the same account as an answer: route, strategy, attempts, decision.
+    headers = info.value.response.headers
+    assert (headers["x-turnout-route"], headers["x-turnout-strategy"],
+            headers["x-turnout-attempts"]) == ("chain", "fallback", "4")
+    assert headers["x-turnout-model"] == "claude" and headers["x-turnout-cost-usd"]
+    decision = json.loads(headers["x-turnout-decision"])
+    assert decision["escalations"][-1] == {"action": "stop",
+                                           "reason": "4 attempts made (max_attempts)"}
 
 
 def test_content_policy_refusal_is_not_re_asked_elsewhere(gateway, fakes) -> None:

@@ -166,3 +166,42 @@ async def test_plugin_settings_are_validated_and_handed_to_the_plugin() -> None:
         bad.load_plugins()
     assert "capped.cap: Input should be a valid integer" in str(info.value)
     assert "capped.extra: unknown key" in str(info.value)
+
+
+async def test_waits_on_concurrent_sub_requests_count_once_as_provider_time() -> None:
+    import anyio
+
+    from turnout.kernel.strategy import Run, Strategy
+
+    class Both(Strategy):
+        async def run(self, run: Run):
+            answers = []
+            async with anyio.create_task_group() as tg:
+                for step in run.plan.steps:
+                    tg.start_soon(lambda m=step.model.name: self._ask(run, m, answers))
+            return answers[0]
+
+        @staticmethod
+        async def _ask(run, model, answers):
+            answers.append(await run.subrequest(model=model))
+
+    class Sleepy:
+        @hookimpl(tryfirst=True)
+        async def call(self, ctx, step):
+            await anyio.sleep(0.3)
+            return None  # then the scripted provider answers
+
+    class Register:
+        @hookimpl
+        def register_strategies(self, register):
+            register("both", Both())
+
+    kernel, _, _ = kernel_for({"small": ["a"], "big": ["b"]}, route={"strategy": "both"},
+                              plugins={"sleepy": Sleepy(), "register": Register()})
+    async with kernel:
+        parent = kernel.context(ask())
+        await kernel.complete(parent)
+    assert len(parent.children) == 2 and all(c.status == "ok" for c in parent.children)
+    # Two sub-requests of 0.3 s each, side by side: 0.3 s of waiting, counted once.
+    assert 0.3 <= parent.upstream_s <= parent.latency_s
+    assert parent.overhead_s == pytest.approx(parent.latency_s - parent.upstream_s)

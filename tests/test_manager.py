@@ -233,8 +233,8 @@ async def test_a_hook_call_missing_an_argument_blames_the_caller() -> None:
 
     class Counts:
         @hookimpl
-        def escalate(self, ctx):
-            return "never reached"
+        def escalate(self, ctx, verdicts):
+            return None
 
     pm = PluginManager()
     pm.register(Counts(), name="counts")
@@ -244,6 +244,10 @@ async def test_a_hook_call_missing_an_argument_blames_the_caller() -> None:
     assert "must provide argument(s) ['verdicts']" in message
     assert "test_manager.py" in message and "not a plugin's" in message
     assert "counts" not in message
+    with pytest.raises(HookCallError) as info:  # the right count, a wrong name
+        await pm.hook.escalate(ctx=None, error=None, verdict=[])
+    assert "must provide argument(s) ['verdicts']" in str(info.value)
+    assert "test_manager.py" in str(info.value)
 
 
 def test_a_plugin_on_the_old_route_hook_is_told_which_phase_to_implement() -> None:
