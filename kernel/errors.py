@@ -9,6 +9,13 @@ stable ``code``, and ``retryable`` tells the fallback policy whether another att
 from __future__ import annotations
 
 
+def clip(value: object, limit: int = 80) -> str:
+    """``repr``-free text of a client's value for an error message, cut to ``limit`` characters
+    (a 1 MB model name is not echoed back)."""
+    text = str(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
 class TurnoutError(Exception):
     """Base of every error Turnout raises on purpose."""
 
@@ -67,6 +74,19 @@ class UnknownModel(TurnoutError):
     status = 404
     type = "invalid_request_error"
     code = "model_not_found"
+
+
+class ContextLengthExceeded(BadRequest):
+    """No candidate model can take the prompt and the answer's room (``max_tokens``) (400)."""
+
+    code = "context_length_exceeded"
+
+
+class CapabilityMissing(BadRequest):
+    """The request needs a capability (vision, tools, JSON mode, streaming) that no candidate
+    model has (400)."""
+
+    code = "unsupported_capability"
 
 
 class NotFound(TurnoutError):

@@ -10,6 +10,7 @@ use :meth:`Kernel.ask` and :meth:`Kernel.ask_stream`.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
@@ -23,6 +24,7 @@ from . import tokens
 from .config import Config, Route
 from .errors import (
     AttemptsExhausted,
+    BadRequest,
     ConfigError,
     NoRoute,
     PluginError,
@@ -33,6 +35,7 @@ from .errors import (
     TurnoutError,
     UnknownModel,
     ValidationFailed,
+    clip,
 )
 from .manager import PluginManager, resolve
 from .provider import Provider, ProviderSettings
@@ -150,6 +153,9 @@ class Kernel:
         """Configured providers by name, built at start."""
         self.store: Store | None = None
         """The shared state store, built at start from ``[store]``."""
+        self.counters: Counter[str] = Counter()
+        """Events worth counting that no request record holds (refused authentication...), for
+        logs and metrics to read."""
         self.loaded = False
         self.started = False
         self.tracing = False
@@ -279,6 +285,11 @@ class Kernel:
             raise
 
     def _accept(self, request: ChatRequest, client: str | None, request_id: str | None) -> Context:
+        unknown = sorted(set(request.model_extra or ()) - self.wiring.passthrough)
+        if unknown:
+            raise BadRequest(f"Unrecognized request argument supplied: {clip(unknown[0])}. "
+                             "(A provider lists the fields it passes through in "
+                             "providers.NAME.passthrough_params.)", param=clip(unknown[0]))
         fields: dict[str, Any] = {"client": client}
         if request_id is not None:
             fields["request_id"] = request_id
@@ -364,7 +375,7 @@ class Kernel:
             ctx.candidates = [model]
         else:
             raise UnknownModel(
-                f"The model {name!r} does not exist: ask for 'auto', a route "
+                f"The model '{clip(name)}' does not exist: ask for 'auto', a route "
                 f"({', '.join(sorted(self.config.routes)) or 'none'}) or a model; "
                 "GET /v1/models lists them.", param="model")
 

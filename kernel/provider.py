@@ -24,6 +24,10 @@ class ProviderSettings(BaseModel):
 
     kind: str = Field(description="The provider kind: one registered by a plugin "
                       "(built in: openai, openai-compatible, anthropic, gemini, simulated).")
+    passthrough_params: list[str] = Field(
+        default_factory=list, description="Request fields OpenAI's API does not define that "
+        "clients may send and this provider receives as they are (vLLM's top_k, "
+        "repetition_penalty...). Any other unknown field is refused with a 400.")
 
 
 class Provider(ABC):

@@ -12,76 +12,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-# --- the request -------------------------------------------------------------------------------
-
-
-class Message(BaseModel):
-    """One chat message in OpenAI format; unknown fields are kept and passed on."""
-
-    model_config = ConfigDict(extra="allow")
-
-    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
-    name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
-
-    def text(self) -> str:
-        """The message's text, with the text parts of multi-part content joined."""
-        if isinstance(self.content, str):
-            return self.content
-        if not self.content:
-            return ""
-        return "\n".join(p.get("text", "") for p in self.content if p.get("type") == "text")
-
-
-class ChatRequest(BaseModel):
-    """An OpenAI Chat Completions request, validated at the edge before any upstream is called."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str = Field(min_length=1)
-    messages: list[Message] = Field(min_length=1)
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, ge=0, le=1)
-    n: int | None = Field(default=None, ge=1, le=1)
-    stop: str | list[str] | None = None
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    seed: int | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
-    response_format: dict[str, Any] | None = None
-    user: str | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stop_limit(cls, v: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(v, list) and len(v) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return v
-
-    @property
-    def output_limit(self) -> int | None:
-        """The caller's cap on output tokens, whichever field carried it."""
-        return self.max_completion_tokens or self.max_tokens
-
-    @property
-    def wants_json(self) -> bool:
-        """True when the caller asked for JSON mode or a JSON schema."""
-        return bool(self.response_format) and self.response_format.get("type") in (
-            "json_object", "json_schema")
-
-    def prompt_text(self) -> str:
-        """Every message's text, joined; what classifiers and token counters read."""
-        return "\n".join(m.text() for m in self.messages)
-
+# The request lives in kernel/request.py; plugins import it from here with the other types.
+from .request import ChatRequest, Message  # noqa: F401
 
 # --- models and plans --------------------------------------------------------------------------
 
@@ -160,6 +92,9 @@ class Usage:
 
     input_tokens: int = 0
     output_tokens: int = 0
+    details: dict[str, Any] | None = None
+    """The provider's breakdowns as OpenAI names them (``prompt_tokens_details``,
+    ``completion_tokens_details``), passed on to the client as they came."""
 
     @property
     def total_tokens(self) -> int:
@@ -178,6 +113,9 @@ class Completion:
     provider: str = ""
     cost_usd: float = 0.0
     cached: bool = False
+    refusal: str | None = None
+    logprobs: Any = None
+    system_fingerprint: str | None = None
 
 
 @dataclass(slots=True)
@@ -189,6 +127,7 @@ class Chunk:
     finish_reason: str | None = None
     usage: Usage | None = None
     role: str | None = None
+    logprobs: Any = None
 
 
 Stream = AsyncIterator[Chunk]

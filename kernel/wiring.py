@@ -33,6 +33,8 @@ class Wiring:
     strategies: dict[tuple[str, str], BaseModel] = field(default_factory=dict)
     """(route, strategy) -> the route's validated sub-table for that strategy."""
     store: BaseModel | None = None
+    passthrough: frozenset[str] = frozenset()
+    """Request fields some configured provider passes through (``passthrough_params``)."""
     problems: list[Problem] = field(default_factory=list)
 
 
@@ -85,6 +87,8 @@ def wire(kernel: Kernel) -> Wiring:
             continue
         validate(kind.settings, entry.model_dump(), ("providers", name),
                  lambda v, n=name: out.providers.__setitem__(n, v))
+    out.passthrough = frozenset(p for settings in out.providers.values()
+                                for p in getattr(settings, "passthrough_params", ()))
 
     strategies, validators = kernel.strategies, kernel.validators
     for name, route in config.routes.items():

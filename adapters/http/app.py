@@ -12,7 +12,6 @@ from typing import AsyncIterator
 import anyio
 import orjson
 import structlog
-from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -20,7 +19,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from turnout.kernel.errors import (
-    BadRequest,
+    AuthenticationFailed,
     BodyTooLarge,
     ConfigError,
     NotFound,
@@ -32,6 +31,7 @@ from turnout.kernel.kernel import AUTO, AnswerStream, Kernel
 from turnout.kernel.types import Answer, ChatRequest, new_request_id
 
 from .auth import KeyRing
+from .parse import parse_request
 from .wire import ChunkFramer, completion_json
 
 log = structlog.get_logger("turnout.http")
@@ -58,20 +58,6 @@ def internal_error(exc: BaseException, request_id: str | None) -> Response:
     return error_response(TurnoutError(
         "The gateway failed unexpectedly; the request id is in x-request-id. See the gateway "
         "log for details."), request_id)
-
-
-def validation_message(exc: ValidationError) -> tuple[str, str | None]:
-    """The first pydantic error as an OpenAI-style message and param."""
-    err = exc.errors()[0]
-    loc = err["loc"]
-    param = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p))
-                    for i, p in enumerate(loc)) or None
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "missing":
-        msg = "this parameter is required"
-    got = err.get("input")
-    shown = "" if err["type"] == "missing" or isinstance(got, (dict, list)) else f" (got {got!r})"
-    return f"Invalid value for '{param}': {msg}{shown}.", param
 
 
 class EventStream(StreamingResponse):
@@ -144,7 +130,7 @@ class Gateway:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         explain = http.headers.get(EXPLAIN_HEADER) == "1"
         try:
-            client = self.keys.check(http.headers.get("authorization"))
+            client = self.authenticate(http)
             request = await self._parse(http)
             if request.stream:
                 chunks = await self.kernel.ask_stream(request, client=client,
@@ -160,31 +146,44 @@ class Gateway:
         return Response(completion_json(request_id, answer.completion),
                         media_type="application/json", headers=answer_headers(answer, explain))
 
+    def authenticate(self, http: Request) -> str | None:
+        """The key holder's name; a failure is logged (why, from where, never the key) and
+        counted (``kernel.counters["auth_failed"]``) before it is raised."""
+        try:
+            return self.keys.check(http.headers.get("authorization"))
+        except AuthenticationFailed as exc:
+            self.kernel.counters["auth_failed"] += 1
+            log.warning("auth_failed", reason=exc.message, path=http.url.path,
+                        peer=http.client.host if http.client else None)
+            raise
+
     async def _parse(self, http: Request) -> ChatRequest:
+        media = (http.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+        if media and media != "application/json" and not media.endswith("+json"):
+            unsupported = TurnoutError(f"The request body must be JSON (Content-Type: "
+                                       f"application/json), not {media[:80]!r}.")
+            unsupported.status, unsupported.type = 415, "invalid_request_error"
+            unsupported.code = "unsupported_media_type"
+            raise unsupported
         declared = http.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             raise BodyTooLarge(f"The request body is {declared} bytes; the limit is "
                                f"{self.max_body} (server.max_body_bytes).")
         body = bytearray()
-        async for part in http.stream():
-            body += part
-            if len(body) > self.max_body:
-                raise BodyTooLarge(f"The request body exceeds {self.max_body} bytes "
-                                   "(server.max_body_bytes).")
-        if not body:
-            raise BadRequest("The request body is empty; send a JSON chat completion request.")
+        deadline = self.kernel.config.server.body_timeout_s
         try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"The request body is not valid JSON ({exc.msg} at position "
-                             f"{exc.pos}).") from None
-        if not isinstance(data, dict):
-            raise BadRequest("The request body must be a JSON object.")
-        try:
-            return ChatRequest.model_validate(data)
-        except ValidationError as exc:
-            message, param = validation_message(exc)
-            raise BadRequest(message, param=param) from None
+            with anyio.fail_after(deadline):  # a body trickled byte by byte must not hold on
+                async for part in http.stream():
+                    body += part
+                    if len(body) > self.max_body:
+                        raise BodyTooLarge(f"The request body exceeds {self.max_body} bytes "
+                                           "(server.max_body_bytes).")
+        except TimeoutError:
+            late = TurnoutError(f"The request body did not arrive within {deadline:g} s "
+                                f"(server.body_timeout_s); {len(body)} bytes came.")
+            late.status, late.type, late.code = 408, "invalid_request_error", "request_timeout"
+            raise late from None
+        return parse_request(body)
 
     @staticmethod
     def _event_stream(request: ChatRequest, chunks: AnswerStream, explain: bool) -> Response:
@@ -197,7 +196,7 @@ class Gateway:
 
     async def models(self, http: Request) -> Response:
         try:
-            self.keys.check(http.headers.get("authorization"))
+            self.authenticate(http)
         except TurnoutError as exc:
             return error_response(exc)
         data = [{"id": AUTO, "object": "model", "created": 0, "owned_by": "turnout"}]

@@ -11,24 +11,33 @@ from turnout.kernel.types import Chunk, Completion, Usage
 
 
 def usage_json(usage: Usage) -> dict:
-    return {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
-            "total_tokens": usage.total_tokens}
+    """OpenAI's ``usage`` object, with the provider's token breakdowns where it sent them."""
+    out = {"prompt_tokens": usage.input_tokens, "completion_tokens": usage.output_tokens,
+           "total_tokens": usage.total_tokens}
+    if usage.details:
+        out.update(usage.details)
+    return out
 
 
 def completion_json(request_id: str, completion: Completion) -> bytes:
-    """A ``chat.completion`` object."""
-    message: dict = {"role": "assistant", "content": completion.content}
+    """A ``chat.completion`` object; ``refusal`` is always present (OpenAI's schema requires it),
+    and the upstream's ``logprobs`` and ``system_fingerprint`` pass through."""
+    message: dict = {"role": "assistant", "content": completion.content,
+                     "refusal": completion.refusal}
     if completion.tool_calls:
         message["tool_calls"] = completion.tool_calls
-    return orjson.dumps({
+    answer = {
         "id": "chatcmpl-" + request_id.removeprefix("req_"),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": completion.model,
-        "choices": [{"index": 0, "message": message, "logprobs": None,
+        "choices": [{"index": 0, "message": message, "logprobs": completion.logprobs,
                      "finish_reason": completion.finish_reason}],
         "usage": usage_json(completion.usage),
-    })
+    }
+    if completion.system_fingerprint is not None:
+        answer["system_fingerprint"] = completion.system_fingerprint
+    return orjson.dumps(answer)
 
 
 class ChunkFramer:
@@ -58,7 +67,7 @@ class ChunkFramer:
             delta["tool_calls"] = chunk.tool_calls
         return self._sse({"id": self.id, "object": "chat.completion.chunk",
                           "created": self.created, "model": self.model,
-                          "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                          "choices": [{"index": 0, "delta": delta, "logprobs": chunk.logprobs,
                                        "finish_reason": chunk.finish_reason}]})
 
     def end(self) -> bytes:

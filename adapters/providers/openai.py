@@ -39,9 +39,13 @@ class OpenAIAdapter(ProviderAdapter):
         return f"Bearer {key}"
 
     def payload(self, request: ChatRequest, model: ModelProfile, *, stream: bool) -> dict[str, Any]:
-        """The request as sent upstream: every field the client gave, with the upstream model id;
-        streams ask for a final usage chunk."""
+        """The request as sent upstream: every field the client gave (unknown ones only when
+        ``passthrough_params`` lists them), with the upstream model id; streams ask for a final
+        usage chunk."""
         payload = request.model_dump(exclude_none=True)
+        for extra in request.model_extra or ():
+            if extra not in self.config.passthrough_params:
+                payload.pop(extra, None)  # unknown to OpenAI's API and not ours to pass on
         payload["model"] = model.upstream
         payload["stream"] = stream
         if stream:
@@ -83,7 +87,9 @@ class OpenAIAdapter(ProviderAdapter):
             raise ContentPolicy(f"{self.name} refused: {reason}", provider=self.name,
                                 model=model.name)
         return Completion(content=content, finish_reason=finish, tool_calls=tool_calls,
-                          usage=_usage(data.get("usage")), model=model.name, provider=self.name)
+                          usage=_usage(data.get("usage")), model=model.name, provider=self.name,
+                          refusal=message.get("refusal"), logprobs=choice.get("logprobs"),
+                          system_fingerprint=data.get("system_fingerprint"))
 
     async def stream(self, request: ChatRequest, model: ModelProfile) -> AsyncIterator[Chunk]:
         """Send a streaming request; yield content and tool-call deltas, then one final chunk with
@@ -120,7 +126,8 @@ class OpenAIAdapter(ProviderAdapter):
                     if content is None and tool_calls is None:
                         continue
                     yield Chunk(content=content, tool_calls=tool_calls,
-                                role=None if emitted else role or "assistant")
+                                role=None if emitted else role or "assistant",
+                                logprobs=choice.get("logprobs"))
                     emitted = True
         if not done and finish is None:
             raise StreamBroken(f"{self.name} cut the stream before it finished",
@@ -145,4 +152,6 @@ def _usage(raw: Any) -> Usage:
     """Kernel usage from OpenAI's ``usage`` object (zeros when the server sent none)."""
     if not isinstance(raw, dict):
         return Usage()
-    return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
+    details = {k: v for k, v in raw.items() if k.endswith("_details") and isinstance(v, dict)}
+    return Usage(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0),
+                 details or None)

@@ -1,0 +1,55 @@
+"""A request body as a validated ChatRequest, or a 400 in OpenAI's words; nothing else gets in.
+
+Runs before any routing or upstream call: the JSON must decode to an object, nest no deeper than
+``MAX_NESTING``, and validate strictly against the request model (see ``kernel/request.py``).
+Values the client sent are quoted cut short, so a huge value is not echoed back.
+"""
+
+from __future__ import annotations
+
+import orjson
+from pydantic import ValidationError
+
+from turnout.kernel.errors import BadRequest, clip
+from turnout.kernel.request import MAX_NESTING, too_deep
+from turnout.kernel.types import ChatRequest
+
+
+def parse_request(body: bytes | bytearray) -> ChatRequest:
+    """The chat request in ``body``; BadRequest says what is wrong and where."""
+    if not body:
+        raise BadRequest("The request body is empty; send a JSON chat completion request.")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"The request body is not valid JSON ({exc.msg} at position "
+                         f"{exc.pos}).") from None
+    if not isinstance(data, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    deep = too_deep(data)
+    if deep is not None:
+        raise BadRequest(f"The request nests objects and arrays more than {MAX_NESTING} levels "
+                         f"deep (at '{clip(deep)}').", param=clip(deep))
+    try:
+        return ChatRequest.model_validate(data)
+    except ValidationError as exc:
+        message, param = validation_message(exc)
+        raise BadRequest(message, param=param) from None
+
+
+def validation_message(exc: ValidationError) -> tuple[str, str | None]:
+    """The first pydantic error as an OpenAI-style message and param."""
+    err = exc.errors()[0]
+    loc = err["loc"]
+    param = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p))
+                    for i, p in enumerate(loc)) or None
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        msg = "this parameter is required"
+    elif err["type"] == "extra_forbidden":
+        msg = "unknown field"
+    got = err.get("input")
+    shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, (dict, list)) \
+        else f" (got {clip(repr(got))})"
+    return f"Invalid value for '{clip(param)}': {msg}{shown}.", clip(param) if param else None
+
