@@ -61,7 +61,6 @@ from .types import (
 from .wiring import Wiring, settings_model, wire
 
 log = structlog.get_logger("turnout.kernel")
-tracer = trace.get_tracer("turnout")
 NO_SPAN = nullcontext(trace.INVALID_SPAN)
 """Stands in for a span when tracing is off: reusable, costs nothing."""
 
@@ -159,6 +158,7 @@ class Kernel:
         self.loaded = False
         self.started = False
         self.tracing = False
+        self.tracer: trace.Tracer = trace.NoOpTracer()
         self._route_validators: dict[str, list[tuple[str, Callable[..., Any]]]] = {}
         self._default_validators: list[tuple[str, Callable[..., Any]]] = []
         self._default_strategy_settings: dict[str, BaseModel] = {}
@@ -219,6 +219,7 @@ class Kernel:
         # spans would be no-ops, so the kernel skips creating them at all.
         self.tracing = not isinstance(trace.get_tracer_provider(),
                                       (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+        self.tracer = trace.get_tracer("turnout")  # bound to the provider installed now
         self.started = True
         log.info("kernel_started", plugins=self.plugins.names(), models=len(self.models),
                  routes=sorted(self.config.routes), providers=sorted(self.providers),
@@ -702,12 +703,12 @@ class Kernel:
 
     def _span(self, ctx: Context):
         """The request's span; a shared no-op when no tracer provider is installed."""
-        return _RequestSpan(ctx) if self.tracing else NO_SPAN
+        return _RequestSpan(ctx, self.tracer) if self.tracing else NO_SPAN
 
     def _attempt_span(self, step: Step):
         if not self.tracing:
             return NO_SPAN
-        return tracer.start_as_current_span(f"chat {step.model.upstream}")
+        return self.tracer.start_as_current_span(f"chat {step.model.upstream}")
 
 
 class AnswerStream:
@@ -758,7 +759,7 @@ class _RequestSpan:
 
     __slots__ = ("ctx", "cm")
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, tracer: trace.Tracer) -> None:
         self.ctx = ctx
         self.cm = tracer.start_as_current_span(f"turnout {ctx.request.model}",
                                                end_on_exit=True)

@@ -1,8 +1,11 @@
 """OpenTelemetry tracing: exports the kernel's spans over OTLP/HTTP when an endpoint is configured.
 
 With no ``telemetry.otlp_endpoint`` nothing is installed and the API's no-op tracer stays, so
-tracing costs nothing. Span attributes, event attributes and status messages are redacted before
-they leave the process.
+tracing costs nothing. Every string of a span passes through the one scrubber
+(:func:`turnout.kernel.observability.scrub`, by way of :func:`redact` for attributes) before it
+leaves the process: its name, attributes, status message, and its events' names and attributes,
+the ``exception`` events the SDK records from a failing span (message and stack trace) included.
+It happens at export, so a secret registered after the span was recorded is masked as well.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from turnout.kernel.errors import ConfigError
 from turnout.kernel.hookspecs import hookimpl
-from turnout.kernel.observability import redact
+from turnout.kernel.observability import redact, scrub
 
 log = structlog.get_logger("turnout.telemetry")
 
@@ -36,19 +39,27 @@ def _redact_attributes(attributes: Any) -> tuple[dict[str, Any] | None, bool]:
 
 
 def redact_span(span: ReadableSpan) -> ReadableSpan:
-    """The span itself when it carries no secret; otherwise a copy with the secrets masked."""
+    """The span itself when it carries no secret; otherwise a copy with the secrets masked.
+
+    Covers the span's name, attributes and status message, and each event's name and attributes:
+    an ``exception`` event's ``exception.message`` and ``exception.stacktrace`` are the failing
+    exception's text, scrubbed like any other.
+    """
     attributes, changed = _redact_attributes(span.attributes)
     events: list[Event] = []
     for event in span.events:
         event_attrs, event_changed = _redact_attributes(event.attributes)
-        events.append(Event(event.name, event_attrs, event.timestamp) if event_changed else event)
+        event_name = scrub(event.name)
+        event_changed |= event_name != event.name
+        events.append(Event(event_name, event_attrs if event_attrs is not None
+                            else event.attributes, event.timestamp) if event_changed else event)
         changed |= event_changed
     status = span.status
     if status.description:
-        description = redact(status.description)
+        description = scrub(status.description)
         if description != status.description:
             status, changed = Status(status.status_code, description), True
-    name = redact(span.name)
+    name = scrub(span.name)
     changed |= name != span.name
     if not changed:
         return span

@@ -32,7 +32,7 @@ from turnout.kernel.types import Answer, ChatRequest, new_request_id
 
 from .auth import KeyRing
 from .parse import parse_request
-from .wire import ChunkFramer, completion_json
+from .wire import ChunkFramer, completion_json, error_bytes
 
 log = structlog.get_logger("turnout.http")
 
@@ -49,7 +49,7 @@ def error_response(error: TurnoutError, request_id: str | None = None,
     retry_after = getattr(error, "retry_after", None)
     if isinstance(error, (RateLimited, ProviderRateLimited)) and retry_after is not None:
         headers["retry-after"] = str(max(1, round(retry_after)))
-    return Response(orjson.dumps(error.to_openai()), status_code=error.status,
+    return Response(error_bytes(error), status_code=error.status,
                     media_type="application/json", headers=headers)
 
 
@@ -169,6 +169,8 @@ class Gateway:
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             raise BodyTooLarge(f"The request body is {declared} bytes; the limit is "
                                f"{self.max_body} (server.max_body_bytes).")
+        from starlette.requests import ClientDisconnect
+
         body = bytearray()
         deadline = self.kernel.config.server.body_timeout_s
         try:
@@ -183,6 +185,11 @@ class Gateway:
                                 f"(server.body_timeout_s); {len(body)} bytes came.")
             late.status, late.type, late.code = 408, "invalid_request_error", "request_timeout"
             raise late from None
+        except ClientDisconnect:  # gone mid-body: nobody to answer, nothing went wrong here
+            gone = TurnoutError("The client closed the connection before its request body was "
+                                "complete.")
+            gone.status, gone.type, gone.code = 400, "invalid_request_error", "client_disconnected"
+            raise gone from None
         return parse_request(body)
 
     @staticmethod

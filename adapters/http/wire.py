@@ -7,6 +7,7 @@ import time
 import orjson
 
 from turnout.kernel.errors import TurnoutError
+from turnout.kernel.observability import scrub
 from turnout.kernel.types import Chunk, Completion, Usage
 
 
@@ -17,6 +18,25 @@ def usage_json(usage: Usage) -> dict:
     if usage.details:
         out.update(usage.details)
     return out
+
+
+def error_json(error: TurnoutError) -> dict:
+    """The OpenAI-format error body for ``error`` as a client gets it, JSON or SSE: its message,
+    code, type and param pass through the one scrubber
+    (:func:`~turnout.kernel.observability.scrub`), so a secret registered after the error was
+    made, or text an error class did not scrub itself, never reaches the client."""
+    body = error.to_openai()
+    inner = body.get("error")
+    if isinstance(inner, dict):
+        for field in ("message", "code", "type", "param"):
+            if isinstance(inner.get(field), str):
+                inner[field] = scrub(inner[field])
+    return body
+
+
+def error_bytes(error: TurnoutError) -> bytes:
+    """:func:`error_json` serialised: the body of the API's JSON error responses."""
+    return orjson.dumps(error_json(error))
 
 
 def completion_json(request_id: str, completion: Completion) -> bytes:
@@ -81,8 +101,9 @@ class ChunkFramer:
 
     @staticmethod
     def error(error: TurnoutError) -> bytes:
-        """An explicit error event; the stream ends after it, without ``[DONE]``."""
-        return ChunkFramer._sse(error.to_openai())
+        """An explicit error event (scrubbed, :func:`error_json`); the stream ends after it,
+        without ``[DONE]``."""
+        return ChunkFramer._sse(error_json(error))
 
     @staticmethod
     def _sse(obj: dict) -> bytes:

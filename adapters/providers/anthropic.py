@@ -94,7 +94,8 @@ class AnthropicAdapter(ProviderAdapter):
                     continue
                 kind = data.get("type") or event.event
                 if kind == "error" or event.event == "error":
-                    raise stream_error(data, self.name, model.name, secrets=self.secrets)
+                    raise stream_error(data, self.name, model.name, secrets=self.secrets,
+                                       sent=body)
                 chunk: Chunk | None = None
                 if kind == "message_start":
                     usage = (data.get("message") or {}).get("usage") or {}

@@ -1,9 +1,15 @@
 """Upstream failures translated into the kernel's error tree, at the adapter boundary.
 
 Every adapter sends its HTTP status, error body and httpx exceptions through here, so the rest of
-Turnout sees :class:`ProviderRateLimited`, :class:`ContextTooLong` and friends, never httpx. The
-messages name the provider and quote the upstream's own message, with any credential masked; they
-never include request headers.
+Turnout sees :class:`ProviderRateLimited`, :class:`ContextTooLong` and friends, never httpx.
+
+An upstream's error body is reduced here, before anything keeps it: the kernel error keeps the
+upstream's error code (or type) and a short message, both passed through the one scrubber
+(:func:`turnout.kernel.observability.scrub`): every registered secret and anything secret-looking
+masked, every repeat of the request's prompt text replaced by ``[PROMPT]``, then cut (the message
+to :data:`MAX_MESSAGE_CHARS`, the code to :data:`MAX_CODE_CHARS`). The kernel turns errors into the
+record's ``error`` and ``decision``, log lines and span events as they are, so what is not scrubbed
+here would reach all of them. The messages never include request headers.
 """
 
 from __future__ import annotations
@@ -29,10 +35,29 @@ from turnout.kernel.errors import (
     ProviderUnavailable,
     StreamBroken,
 )
-from turnout.kernel.observability import REDACTED, redact
+from turnout.kernel.observability import (
+    PROMPT_ECHO_MIN_CHARS,
+    register_secret,
+    truncate,
+)
+from turnout.kernel.observability import scrub as scrub_text
 
-MAX_MESSAGE_CHARS = 500
-"""Upstream messages longer than this are cut, so one error cannot flood a log line."""
+MAX_MESSAGE_CHARS = 200
+"""How much of an upstream's error message a kernel error keeps, after secrets and prompt echoes
+are masked: enough to tell what went wrong ("Rate limit reached for requests", "model not
+found"), too little to carry a request body, a header dump or a prompt into logs, records, spans
+and the client's error."""
+
+MAX_CODE_CHARS = 64
+"""How much of an upstream's error code or type is kept; real ones are short identifiers
+(``context_length_exceeded``, ``RESOURCE_EXHAUSTED``, ``overloaded_error``)."""
+
+CONVERSATION_KEYS = frozenset({"messages", "system", "contents", "systemInstruction", "input",
+                               "instructions", "prompt"})
+"""Top-level keys of a request body whose strings are the prompt (OpenAI ``messages``, Anthropic
+``system`` and ``messages``, Gemini ``systemInstruction`` and ``contents``, and the prompt fields
+of other OpenAI-style APIs). The model id, tool schemas and options are not prompt text: an
+upstream quoting them ("model 'x' not found") says something useful."""
 
 # Phrases by which providers say "the prompt does not fit" (OpenAI and compatibles, Anthropic,
 # Gemini), for servers that send no machine-readable code.
@@ -89,25 +114,80 @@ _SECRET_HEADER = re.compile(r"auth|key|token|secret", re.I)
 
 def config_secrets(config: Any) -> tuple[str, ...]:
     """The credentials of a provider config that must never show in a message: its API key and
-    the values of credential-like extra headers."""
+    the values of credential-like extra headers. Each is registered for masking
+    (:func:`~turnout.kernel.observability.register_secret`), so it is masked everywhere, not only
+    in this adapter's messages."""
     found = []
     if getattr(config, "api_key", None) is not None:
         found.append(config.api_key.get_secret_value())
     for name, value in (getattr(config, "headers", None) or {}).items():
         if _SECRET_HEADER.search(name) and value:
             found.append(value)
-    return tuple(s for s in found if s)
-
-
-def scrub(text: str, secrets: Iterable[str | None] = ()) -> str:
-    """``text`` with the given secrets and anything secret-looking masked, cut to a sane length."""
+    secrets = tuple(s for s in found if s)
     for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    text = redact(text)
-    if len(text) > MAX_MESSAGE_CHARS:
-        text = text[:MAX_MESSAGE_CHARS] + "..."
-    return text
+        register_secret(secret)
+    return secrets
+
+
+def prompt_texts(sent: bytes | str | None) -> tuple[str, ...]:
+    """The prompt texts of a request body as sent upstream (JSON): every string under the
+    :data:`CONVERSATION_KEYS`, and its JSON-escaped form where that differs (an upstream may quote
+    the raw body), leaving out strings too short to be told from ordinary phrasing."""
+    if not sent:
+        return ()
+    try:
+        body = orjson.loads(sent)
+    except orjson.JSONDecodeError:
+        return ()
+    if not isinstance(body, Mapping):
+        return ()
+    found: dict[str, None] = {}
+    stack = [v for k, v in body.items() if k in CONVERSATION_KEYS]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            if len(node) >= PROMPT_ECHO_MIN_CHARS:
+                found[node] = None
+                escaped = orjson.dumps(node).decode()[1:-1]
+                if escaped != node:
+                    found[escaped] = None
+        elif isinstance(node, Mapping):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return tuple(found)
+
+
+def scrub(text: Any, secrets: Iterable[str | None] = (), *, sent: bytes | str | None = None,
+          limit: int = MAX_MESSAGE_CHARS) -> str:
+    """Upstream text as a kernel error may keep it: through the one scrubber
+    (:func:`turnout.kernel.observability.scrub`) with the prompt texts of ``sent`` (the request
+    body as sent upstream), cut to ``limit`` characters. ``secrets`` are registered first, so
+    they are masked here and everywhere else from now on."""
+    for secret in secrets:
+        register_secret(secret)
+    return scrub_text(text, prompts=prompt_texts(sent), limit=limit)
+
+
+def _upstream_text(message: Any, code: Any, secrets: Iterable[str | None],
+                   sent: bytes | str | None) -> tuple[str, str | None]:
+    """An upstream's error (message, code) reduced: both scrubbed with the request's prompt
+    texts, the message not yet cut (it is classified first), the code cut to
+    :data:`MAX_CODE_CHARS`."""
+    for secret in secrets:
+        register_secret(secret)
+    prompts = prompt_texts(sent)
+    shown = scrub_text(message, prompts=prompts) if message else ""
+    kind = scrub_text(code, prompts=prompts, limit=MAX_CODE_CHARS) if code else None
+    return shown, kind or None
+
+
+def _request_body(response: httpx.Response) -> bytes | None:
+    """The body of the request ``response`` answers, when it is at hand (not streamed)."""
+    try:
+        return response.request.content
+    except (RuntimeError, httpx.RequestNotRead):
+        return None
 
 
 def retry_after(headers: Mapping[str, str], body: Any = None, *,
@@ -147,16 +227,25 @@ def retry_after(headers: Mapping[str, str], body: Any = None, *,
 
 
 def error_for_status(status: int, headers: Mapping[str, str], content: bytes, provider: str,
-                     model: str | None = None, *,
-                     secrets: Iterable[str | None] = ()) -> ProviderError:
-    """The kernel error for an upstream's non-2xx answer, from its status, headers and body."""
+                     model: str | None = None, *, secrets: Iterable[str | None] = (),
+                     sent: bytes | str | None = None) -> ProviderError:
+    """The kernel error for an upstream's non-2xx answer, from its status, headers and body.
+
+    ``sent`` is the request body as sent upstream: any repeat of its prompt text in the answer
+    is replaced by ``[PROMPT]``. The message keeps the upstream's code and at most
+    :data:`MAX_MESSAGE_CHARS` of its message, secrets masked.
+    """
     try:
         body = orjson.loads(content) if content else None
     except orjson.JSONDecodeError:
         body = content.decode("utf-8", "replace")
-    message, code = upstream_error(body)
-    message = scrub(message or f"HTTP {status}", secrets)
-    text = f"{provider} answered {status}: {message}"
+    raw_message, raw_code = upstream_error(body)
+    # Classified on the scrubbed text: a prompt that talks about "context length" and is echoed
+    # back does not make an error look like an overflow.
+    message, shown_code = _upstream_text(raw_message or f"HTTP {status}", raw_code, secrets, sent)
+    code = raw_code if isinstance(raw_code, str) else None
+    kind = f" ({shown_code})" if shown_code else ""
+    text = f"{provider} answered {status}{kind}: {truncate(message, MAX_MESSAGE_CHARS)}"
     kw = {"provider": provider, "model": model}
     reasons = _reasons(body)
     if status == 429:
@@ -181,18 +270,20 @@ def error_for_status(status: int, headers: Mapping[str, str], content: bytes, pr
     if code in _POLICY_CODES or _POLICY_PHRASES.search(message):
         return ContentPolicy(text, **kw)
     if status == 404:
-        return ProviderBadRequest(f"{provider} does not know model {model!r} ({status}: "
-                                  f"{message})" if model else text, **kw)
+        return ProviderBadRequest(f"{provider} does not know model {model!r} ({status}{kind}: "
+                                  f"{truncate(message, MAX_MESSAGE_CHARS)})" if model else text,
+                                  **kw)
     return ProviderBadRequest(text, **kw)
 
 
 def raise_for_status(response: httpx.Response, provider: str, model: str | None = None, *,
                      secrets: Iterable[str | None] = ()) -> None:
-    """Raise the kernel error for a non-2xx ``response`` (its body already read); else nothing."""
+    """Raise the kernel error for a non-2xx ``response`` (its body already read); else nothing.
+    The request it answers gives the prompt texts to keep out of the message."""
     if response.is_success:
         return
     raise error_for_status(response.status_code, response.headers, response.content, provider,
-                           model, secrets=secrets)
+                           model, secrets=secrets, sent=_request_body(response))
 
 
 async def araise_for_status(response: httpx.Response, provider: str, model: str | None = None,
@@ -205,13 +296,15 @@ async def araise_for_status(response: httpx.Response, provider: str, model: str 
 
 
 def stream_error(body: Any, provider: str, model: str | None = None, *,
-                 secrets: Iterable[str | None] = ()) -> StreamBroken:
-    """The error for an error event inside a 200 stream: always :class:`StreamBroken`."""
-    message, code = upstream_error(body)
-    message = scrub(message or "unknown error", secrets)
+                 secrets: Iterable[str | None] = (),
+                 sent: bytes | str | None = None) -> StreamBroken:
+    """The error for an error event inside a 200 stream: always :class:`StreamBroken`. Its code
+    and message are scrubbed alike (``sent``: the request body, for its prompt texts)."""
+    raw_message, raw_code = upstream_error(body)
+    message, code = _upstream_text(raw_message or "unknown error", raw_code, secrets, sent)
     kind = f" ({code})" if code else ""
-    return StreamBroken(f"{provider} sent an error inside the stream{kind}: {message}",
-                        provider=provider, model=model)
+    return StreamBroken(f"{provider} sent an error inside the stream{kind}: "
+                        f"{truncate(message, MAX_MESSAGE_CHARS)}", provider=provider, model=model)
 
 
 def transport_error(exc: httpx.HTTPError, provider: str, model: str | None = None, *,

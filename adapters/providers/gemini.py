@@ -88,7 +88,8 @@ class GeminiAdapter(ProviderAdapter):
                 if not isinstance(data, dict):
                     continue
                 if data.get("error"):
-                    raise stream_error(data, self.name, model.name, secrets=self.secrets)
+                    raise stream_error(data, self.name, model.name, secrets=self.secrets,
+                                       sent=body)
                 if not emitted:
                     self._check_blocked(data, model)
                 if data.get("usageMetadata"):

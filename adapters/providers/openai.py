@@ -59,9 +59,10 @@ class OpenAIAdapter(ProviderAdapter):
         """Send a non-streaming request and return the whole answer."""
         body = orjson.dumps(self.payload(request, model, stream=False))
         data = await self.post_json(self.url, body, model)
-        return self._completion(data, model)
+        return self._completion(data, model, sent=body)
 
-    def _completion(self, data: Any, model: ModelProfile) -> Completion:
+    def _completion(self, data: Any, model: ModelProfile, *,
+                    sent: bytes | None = None) -> Completion:
         if not isinstance(data, dict):
             raise ProviderUnavailable(f"{self.name} sent an answer that is not a JSON object",
                                       provider=self.name, model=model.name)
@@ -71,7 +72,7 @@ class OpenAIAdapter(ProviderAdapter):
             code = error.get("code")
             status = code if isinstance(code, int) and 400 <= code <= 599 else 502
             raise error_for_status(status, {}, orjson.dumps(data), self.name, model.name,
-                                   secrets=self.secrets)
+                                   secrets=self.secrets, sent=sent)
         choices = data.get("choices") or []
         if not choices:
             raise ProviderUnavailable(f"{self.name} sent an answer without choices",
@@ -83,7 +84,8 @@ class OpenAIAdapter(ProviderAdapter):
         finish = choice.get("finish_reason") or "stop"
         if not content and not tool_calls and (message.get("refusal")
                                                or finish == "content_filter"):
-            reason = scrub(message.get("refusal") or "the answer was filtered", self.secrets)
+            reason = scrub(message.get("refusal") or "the answer was filtered", self.secrets,
+                           sent=sent)
             raise ContentPolicy(f"{self.name} refused: {reason}", provider=self.name,
                                 model=model.name)
         return Completion(content=content, finish_reason=finish, tool_calls=tool_calls,
@@ -110,7 +112,8 @@ class OpenAIAdapter(ProviderAdapter):
                 if not isinstance(data, dict):
                     continue
                 if data.get("error") or data.get("object") == "error":
-                    raise stream_error(data, self.name, model.name, secrets=self.secrets)
+                    raise stream_error(data, self.name, model.name, secrets=self.secrets,
+                                       sent=body)
                 if data.get("usage"):
                     usage = _usage(data["usage"])
                 for choice in data.get("choices") or []:
@@ -133,7 +136,8 @@ class OpenAIAdapter(ProviderAdapter):
             raise StreamBroken(f"{self.name} cut the stream before it finished",
                                provider=self.name, model=model.name)
         if not emitted and (refusal or finish == "content_filter"):
-            reason = scrub("".join(refusal) or "the answer was filtered", self.secrets)
+            reason = scrub("".join(refusal) or "the answer was filtered", self.secrets,
+                           sent=body)
             raise ContentPolicy(f"{self.name} refused: {reason}", provider=self.name,
                                 model=model.name)
         yield Chunk(finish_reason=finish or "stop", usage=usage,

@@ -13,6 +13,7 @@ from .openai_server import openai_app
 from .script import (
                      CutStream,
                      Delay,
+                     EchoRequest,
                      ErrorInStream,
                      Received,
                      Refuse,
@@ -24,6 +25,6 @@ from .script import (
 )
 from .server import free_port, serve
 
-__all__ = ["CutStream", "Delay", "ErrorInStream", "Received", "Refuse", "Reply", "Script",
+__all__ = ["CutStream", "Delay", "EchoRequest", "ErrorInStream", "Received", "Refuse", "Reply", "Script",
            "Status", "TooLong", "anthropic_app", "count_tokens", "free_port", "gemini_app",
            "openai_app", "serve"]

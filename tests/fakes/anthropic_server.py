@@ -21,6 +21,7 @@ from starlette.routing import Route
 from .script import (
     Behaviour,
     ClientGone,
+    EchoRequest,
     Refuse,
     Reply,
     Script,
@@ -192,6 +193,11 @@ def anthropic_app(script: Script, api_key: str = "sk-ant-test") -> Starlette:
             return Response(status_code=499)
         if isinstance(behaviour, Status):
             return _status(behaviour)
+        asked = next((_text(m) for m in reversed(body["messages"]) if m.get("role") == "user"),
+                      "")
+        if isinstance(behaviour, EchoRequest) and not behaviour.streams(bool(body.get("stream"))):
+            return _error(behaviour.status, error_body(behaviour.code(key, asked),
+                                                       behaviour.message(key, asked)))
         if isinstance(behaviour, TooLong):
             return _invalid("prompt is too long: 208310 tokens > 200000 maximum")
         system = body.get("system") or ""
@@ -250,9 +256,13 @@ def anthropic_app(script: Script, api_key: str = "sk-ant-test") -> Starlette:
                                                         "stop_sequence": None},
                      "usage": {"output_tokens": output}}, "message_delta"),
                 sse({"type": "message_stop"}, "message_stop")]
-        error = sse({"type": "error", "error": {"type": "overloaded_error",
-                                                "message": getattr(behaviour, "message", "")}},
-                    "error")
+        if isinstance(behaviour, EchoRequest):
+            error = sse(error_body(behaviour.code(key, asked), behaviour.message(key, asked)),
+                        "error")
+        else:
+            error = sse({"type": "error", "error": {"type": "overloaded_error",
+                                                    "message": getattr(behaviour, "message", "")}},
+                        "error")
         return StreamingResponse(stream_body(head, frames, tail, behaviour, error),
                                  media_type="text/event-stream")
 

@@ -21,6 +21,7 @@ from starlette.routing import Route
 from .script import (
     Behaviour,
     ClientGone,
+    EchoRequest,
     Refuse,
     Reply,
     Script,
@@ -67,6 +68,12 @@ def error_body(code: int, message: str, details: list[dict] | None = None) -> di
     if details:
         error["details"] = details
     return {"error": error}
+
+
+def _echo_body(behaviour: EchoRequest, code: int, key: str, asked: str) -> dict:
+    """An :class:`EchoRequest` error in Google's format, its code text in ``status``."""
+    return {"error": {"code": code, "message": behaviour.message(key, asked),
+                      "status": behaviour.code(key, asked)}}
 
 
 def _error(code: int, body: dict, headers: dict[str, str] | None = None) -> Response:
@@ -218,12 +225,15 @@ def gemini_app(script: Script, api_key: str = "AIza-test-key") -> Starlette:
             return Response(status_code=499)
         if isinstance(behaviour, Status):
             return _status(behaviour)
+        stream = method == "streamGenerateContent"
+        asked = next((_text(c) for c in reversed(body["contents"]) if c["role"] == "user"), "")
+        if isinstance(behaviour, EchoRequest) and not behaviour.streams(stream):
+            return _error(behaviour.status, _echo_body(behaviour, behaviour.status, key, asked))
         if isinstance(behaviour, TooLong):
             return _invalid("The input token count (1200000) exceeds the maximum number of "
                             "tokens allowed (1048576).")
         system = _text(body.get("systemInstruction") or {})
         prompt = count_tokens(system) + sum(count_tokens(_text(c)) for c in body["contents"])
-        stream = method == "streamGenerateContent"
         meta = {"modelVersion": model, "responseId": uuid.uuid4().hex[:22]}
         if isinstance(behaviour, Refuse):
             # Gemini answers 200 with no candidates and the reason in promptFeedback.
@@ -259,7 +269,10 @@ def gemini_app(script: Script, api_key: str = "AIza-test-key") -> Starlette:
         if request.query_params.get("alt") != "sse":
             # Without alt=sse the real API streams one JSON array of the same objects.
             return Response(orjson.dumps([*frames, last]), media_type="application/json")
-        error = sse(error_body(500, getattr(behaviour, "message", "error")))
+        if isinstance(behaviour, EchoRequest):
+            error = sse(_echo_body(behaviour, 500, key, asked))
+        else:
+            error = sse(error_body(500, getattr(behaviour, "message", "error")))
         return StreamingResponse(stream_body([], [sse(f) for f in frames], [sse(last)], behaviour,
                                              error), media_type="text/event-stream")
 

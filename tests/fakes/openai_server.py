@@ -21,6 +21,7 @@ from starlette.routing import Route
 from .script import (
     Behaviour,
     ClientGone,
+    EchoRequest,
     Refuse,
     Reply,
     Script,
@@ -157,6 +158,14 @@ def openai_app(script: Script, api_key: str | None = "sk-test") -> Starlette:
             return Response(status_code=499)
         if isinstance(behaviour, Status):
             return _status(behaviour)
+        credential = request.headers.get("authorization", "").removeprefix("Bearer ")
+        asked = next((_text(m) for m in reversed(body["messages"]) if m.get("role") == "user"),
+                      "")
+        if isinstance(behaviour, EchoRequest) and not behaviour.streams(bool(body.get("stream"))):
+            return _error(behaviour.status, error_body(
+                behaviour.message(credential, asked),
+                "server_error" if behaviour.status >= 500 else "invalid_request_error",
+                behaviour.code(credential, asked)))
         if isinstance(behaviour, TooLong):
             return _error(400, error_body(
                 "This model's maximum context length is 128000 tokens. However, your messages "
@@ -173,7 +182,12 @@ def openai_app(script: Script, api_key: str | None = "sk-test") -> Starlette:
         completion = count_tokens(text or "") + (
             count_tokens(call["function"]["arguments"]) + 1 if call else 0)
         usage = {"prompt_tokens": prompt, "completion_tokens": completion,
-                 "total_tokens": prompt + completion}
+                 "total_tokens": prompt + completion,
+                 "completion_tokens_details": {"reasoning_tokens": 0}}
+        # Asked for, log probabilities come back as OpenAI shapes them (one entry per word).
+        logprobs = {"content": [{"token": w, "logprob": -0.25, "bytes": list(w.encode()),
+                                 "top_logprobs": []} for w in (text or "").split()[:3]],
+                    "refusal": None} if body.get("logprobs") else None
         ident = "chatcmpl-" + uuid.uuid4().hex[:24]
         meta = {"id": ident, "created": int(time.time()), "model": body["model"],
                 "system_fingerprint": "fp_fake"}
@@ -184,7 +198,7 @@ def openai_app(script: Script, api_key: str | None = "sk-test") -> Starlette:
                 message["tool_calls"] = [call]
             return Response(orjson.dumps({
                 **meta, "object": "chat.completion",
-                "choices": [{"index": 0, "message": message, "logprobs": None,
+                "choices": [{"index": 0, "message": message, "logprobs": logprobs,
                              "finish_reason": finish}],
                 "usage": usage}), media_type="application/json")
         with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -212,8 +226,12 @@ def openai_app(script: Script, api_key: str | None = "sk-test") -> Starlette:
             tail.append(sse({**meta, "object": "chat.completion.chunk", "choices": [],
                              "usage": usage}))
         tail.append(sse("[DONE]"))
-        error = sse({"error": {"message": getattr(behaviour, "message", "error"),
-                               "type": "server_error", "param": None, "code": None}})
+        if isinstance(behaviour, EchoRequest):
+            error = sse(error_body(behaviour.message(credential, asked), "server_error",
+                                   behaviour.code(credential, asked)))
+        else:
+            error = sse({"error": {"message": getattr(behaviour, "message", "error"),
+                                   "type": "server_error", "param": None, "code": None}})
         return StreamingResponse(stream_body(head, body_frames, tail, behaviour, error),
                                  media_type="text/event-stream")
 

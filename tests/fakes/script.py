@@ -68,6 +68,38 @@ class ErrorInStream:
 
 
 @dataclass
+class EchoRequest:
+    """Fail like a careless upstream whose error quotes the request back: the credential it
+    received (the key, without its ``Bearer`` scheme), the prompt (the last user message) and
+    ``leak`` (anything else it knows: a gateway key a chained gateway passed on, say), in the
+    error's message and in its code field (OpenAI ``code``, Anthropic ``type``, Gemini
+    ``status``).
+
+    ``status`` is the HTTP status of the error answer. With ``after_chunks`` set, a streaming
+    request is answered 200 instead, with that many chunks and then the provider's in-stream
+    error event carrying the same message and code.
+    """
+
+    status: int = 400
+    after_chunks: int | None = None
+    leak: str = ""
+
+    def message(self, credential: str, prompt: str) -> str:
+        """The error message: every piece of the request quoted in full."""
+        return (f"Could not process the request from {credential} with input '{prompt}' "
+                f"{self.leak}").strip()
+
+    def code(self, credential: str, prompt: str) -> str:
+        """The error code: the same pieces run together."""
+        return ":".join(p for p in (credential, self.leak, prompt) if p)
+
+    def streams(self, stream: bool) -> bool:
+        """True when a request (``stream``: a streaming one) is answered with a 200 stream that
+        fails inside."""
+        return self.after_chunks is not None and stream
+
+
+@dataclass
 class Refuse:
     """Refuse on content-policy grounds, the way the provider really does it."""
 
@@ -77,7 +109,7 @@ class TooLong:
     """Reject the prompt as too long for the context window, with the provider's real error."""
 
 
-Behaviour = Reply | Status | Delay | CutStream | ErrorInStream | Refuse | TooLong
+Behaviour = Reply | Status | Delay | CutStream | ErrorInStream | EchoRequest | Refuse | TooLong
 """Anything a script can hold."""
 
 
@@ -187,14 +219,15 @@ def sse(data: Any, event: str | None = None) -> bytes:
 
 async def stream_body(head: Iterable[bytes], body: list[bytes], tail: Iterable[bytes],
                       behaviour: Behaviour, error: bytes) -> AsyncIterator[bytes]:
-    """Frames of a streamed answer, honouring ``CutStream`` and ``ErrorInStream``.
+    """Frames of a streamed answer, honouring ``CutStream``, ``ErrorInStream`` and a streaming
+    ``EchoRequest``.
 
     ``head`` opens the stream, ``body`` holds the content chunks, ``tail`` finishes it (finish
     reason, usage, terminator); ``error`` is the provider's in-stream error event.
     """
     for frame in head:
         yield frame
-    if isinstance(behaviour, (CutStream, ErrorInStream)):
+    if isinstance(behaviour, (CutStream, ErrorInStream, EchoRequest)):
         body = body[:behaviour.after_chunks]
     for frame in body:
         await anyio.sleep(0)
@@ -203,7 +236,7 @@ async def stream_body(head: Iterable[bytes], body: list[bytes], tail: Iterable[b
         if behaviour.abrupt:
             raise CutConnection("dropping the connection on purpose")
         return
-    if isinstance(behaviour, ErrorInStream):
+    if isinstance(behaviour, (ErrorInStream, EchoRequest)):
         yield error
         return
     for frame in tail:
