@@ -120,9 +120,8 @@ def check(path: str) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from turnout.adapters.http import create_app
+    from turnout.adapters.http.server import serve as serve_http
     from turnout.kernel.kernel import Kernel
     from turnout.kernel.observability import configure_logging
 
@@ -140,8 +139,9 @@ def serve(args: argparse.Namespace) -> int:
             if not server.api_keys else f"{len(server.api_keys)} API keys configured")
     print(f"turnout: serving on http://{server.host}:{server.port}/v1 "
           f"({config.source}); {note}", file=sys.stderr, flush=True)
-    uvicorn.run(create_app(kernel), host=server.host, port=server.port, log_level="warning",
-                access_log=False, log_config=None, lifespan="on")
+    # uvicorn with the edge's limits (server.header_timeout_s, max_connections, ...): see
+    # adapters/http/server.py for what uvicorn lacks and how it is added.
+    serve_http(create_app(kernel), server)
     return 0
 
 

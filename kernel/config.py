@@ -77,6 +77,35 @@ class Server(Section):
     max_attempts_per_request: int = Field(default=32, ge=1, description="Calls one request may "
                                           "make in all, its sub-requests' included: the cap on "
                                           "what a multi-call strategy can spend.")
+    header_timeout_s: float = Field(default=10, gt=0, description="Time a client has to send a "
+                                    "request's complete headers, counted from the connection's "
+                                    "opening (first request) or from the request's first byte "
+                                    "(later requests on a kept-alive connection). Past it the "
+                                    "connection is closed, with a 408 if part of a request "
+                                    "arrived.")
+    body_timeout_s: float = Field(default=60, gt=0, description="Time to receive a request's "
+                                  "whole body once its headers are in; past it the request gets "
+                                  "408 and the connection closes.")
+    keep_alive_timeout_s: float = Field(default=15, gt=0, description="How long a connection may "
+                                        "stay idle between requests before the gateway closes "
+                                        "it. Behind a load balancer, set it above the balancer's "
+                                        "idle timeout.")
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024, description="Largest request line "
+                                  "plus headers; beyond it the request gets 431 and the "
+                                  "connection closes.")
+    max_headers: int = Field(default=100, ge=8, description="Most headers a request may carry; "
+                             "beyond it the request gets 431 and the connection closes.")
+    max_connections: int = Field(default=1000, ge=1, description="Most client connections open "
+                                 "at once. A connection beyond it gets an immediate 503 and is "
+                                 "closed; open ones are unaffected. At start the open-files "
+                                 "limit is raised to fit (two per connection plus 64) where the "
+                                 "hard limit allows, else this cap is lowered to fit, with a "
+                                 "warning.")
+    shutdown_timeout_s: float = Field(default=20, ge=0, description="On SIGTERM or SIGINT the "
+                                      "gateway stops accepting and closes idle connections at "
+                                      "once; requests in flight get this long to finish. Then "
+                                      "their connections are closed and the requests cancelled "
+                                      "(recorded as 'cancelled').")
 
 
 # --- providers and models ----------------------------------------------------------------------

@@ -60,6 +60,28 @@ class BodyTooLarge(BadRequest):
     code = "request_too_large"
 
 
+class RequestTimeout(BadRequest):
+    """The request's headers or body did not arrive in time (``server.header_timeout_s``,
+    ``server.body_timeout_s``) (408)."""
+
+    status = 408
+    code = "request_timeout"
+
+
+class UnsupportedMediaType(BadRequest):
+    """The request body is declared as something other than JSON (415)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class ClientGone(BadRequest):
+    """The client closed the connection before its request was complete; nobody reads the
+    answer, which exists only for the log (400)."""
+
+    code = "client_disconnected"
+
+
 class AuthenticationFailed(TurnoutError):
     """Missing or wrong gateway API key (401)."""
 

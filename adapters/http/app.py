@@ -14,18 +14,22 @@ import orjson
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from turnout.kernel.errors import (
     AuthenticationFailed,
     BodyTooLarge,
+    ClientGone,
     ConfigError,
     NotFound,
     ProviderRateLimited,
     RateLimited,
+    RequestTimeout,
     TurnoutError,
+    UnsupportedMediaType,
+    clip,
 )
 from turnout.kernel.kernel import AUTO, AnswerStream, Kernel
 from turnout.kernel.types import Answer, ChatRequest, new_request_id
@@ -160,17 +164,12 @@ class Gateway:
     async def _parse(self, http: Request) -> ChatRequest:
         media = (http.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
         if media and media != "application/json" and not media.endswith("+json"):
-            unsupported = TurnoutError(f"The request body must be JSON (Content-Type: "
-                                       f"application/json), not {media[:80]!r}.")
-            unsupported.status, unsupported.type = 415, "invalid_request_error"
-            unsupported.code = "unsupported_media_type"
-            raise unsupported
+            raise UnsupportedMediaType(f"The request body must be JSON (Content-Type: "
+                                       f"application/json), not '{clip(media)}'.")
         declared = http.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body:
             raise BodyTooLarge(f"The request body is {declared} bytes; the limit is "
                                f"{self.max_body} (server.max_body_bytes).")
-        from starlette.requests import ClientDisconnect
-
         body = bytearray()
         deadline = self.kernel.config.server.body_timeout_s
         try:
@@ -181,15 +180,11 @@ class Gateway:
                         raise BodyTooLarge(f"The request body exceeds {self.max_body} bytes "
                                            "(server.max_body_bytes).")
         except TimeoutError:
-            late = TurnoutError(f"The request body did not arrive within {deadline:g} s "
-                                f"(server.body_timeout_s); {len(body)} bytes came.")
-            late.status, late.type, late.code = 408, "invalid_request_error", "request_timeout"
-            raise late from None
+            raise RequestTimeout(f"The request body did not arrive within {deadline:g} s "
+                                 f"(server.body_timeout_s); {len(body)} bytes came.") from None
         except ClientDisconnect:  # gone mid-body: nobody to answer, nothing went wrong here
-            gone = TurnoutError("The client closed the connection before its request body was "
-                                "complete.")
-            gone.status, gone.type, gone.code = 400, "invalid_request_error", "client_disconnected"
-            raise gone from None
+            raise ClientGone("The client closed the connection before its request body was "
+                             "complete.") from None
         return parse_request(body)
 
     @staticmethod
