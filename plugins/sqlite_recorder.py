@@ -3,10 +3,18 @@
 
 A ``requests`` row holds who asked for what, which model answered, what the whole request cost,
 how long it took and why the gateway decided as it did; an ``attempts`` row holds one call to one
-model (its status, error kind, latency, tokens and cost). Never the messages or the answer. Rows
-are built and written by a background thread in batches, both tables in one transaction, so the
-loop never waits on the disk. The file is in WAL mode, so ``turnout stats`` can read it while the
-gateway writes.
+model (its status, error kind, latency, tokens and cost). Never the messages or the answer.
+
+The ``record`` hook builds a request's rows on the event loop (redacting only text the cheap
+prefilter flags) and appends them as one line to the journal (:mod:`.record_journal`) before the
+answer's last byte leaves, so a killed gateway loses no record: the next start replays what the
+database is missing. A background thread inserts the rows in batches, both tables in one
+transaction, so the loop never waits on the database. A batch the database refuses for the moment
+(locked by another process, disk full, unavailable) is retried with backoff, its rows kept; a row
+that can never be written (a constraint other than a duplicate) is logged and skipped, alone. A
+journal that cannot be written (full disk) raises the ``record_journal_failed`` alert; the rows
+still go to the database. The file is in WAL mode, so ``turnout stats`` can read it while the
+gateway writes (rows still only in the journal are not shown yet).
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import queue
 import sqlite3
 import threading
 import time
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +35,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from turnout.kernel.errors import ConfigError
 from turnout.kernel.hookspecs import hookimpl
 from turnout.kernel.observability import redact
-from turnout.kernel.types import Context
+from turnout.kernel.types import Alert, Context
+
+from . import record_journal as journal_module
+from .record_journal import Journal, encode, read_segment
 
 log = structlog.get_logger("turnout.record")
 
@@ -94,10 +105,44 @@ FLUSH_INTERVAL_S = 0.05
 ROWS_PER_STATEMENT = 500
 """Rows inserted by one multi-row INSERT (SQLite allows 32,766 parameters a statement)."""
 
+BUSY_TIMEOUT_MS = 5000
+"""How long one transaction waits for another connection's lock before its batch is retried."""
+
+RETRY_FIRST_S = 0.05
+"""The first pause before a refused batch is retried; it doubles up to ``record.retry_max_s``."""
+
+CLOSE_RETRY_S = 5.0
+"""At shutdown, how long the writer keeps retrying a database that refuses rows; then it leaves
+them in the journal, for the next start to write."""
+
+_TRANSIENT = frozenset({3, 5, 6, 7, 8, 9, 10, 13, 14, 15})
+"""SQLite's primary result codes that say the database cannot take rows for now, not that a row
+is wrong: PERM, BUSY, LOCKED, NOMEM, READONLY, INTERRUPT, IOERR, FULL, CANTOPEN, PROTOCOL."""
+
 Record = tuple[tuple[Any, ...], list[tuple[Any, ...]]]
 """What the writer stores for one request: its ``requests`` row and its ``attempts`` rows."""
 
 _STOP = object()
+
+
+class _Unjournaled(tuple):
+    """A record whose journal line could not be written: lost if the process dies before the
+    database has it."""
+
+    __slots__ = ()
+
+
+class _Closed:
+    """Queue marker: every record of this closed journal segment is before it in the queue."""
+
+    __slots__ = ("segment",)
+
+    def __init__(self, segment: Path) -> None:
+        self.segment = segment
+
+
+class _GiveUp(Exception):
+    """The writer stops retrying: it is shutting down and the database still refuses rows."""
 
 
 # --- building a row ----------------------------------------------------------------------------
@@ -116,6 +161,16 @@ def context_row(ctx: Context) -> tuple[Any, ...]:
     else:
         error_kind = ctx.error_kind
         error_text = redact(str(error)) or None
+    if ctx.children:  # the totals include the sub-requests'
+        spend, input_tokens, output_tokens = ctx.spend_usd, ctx.input_tokens, ctx.output_tokens
+        count = ctx.attempt_count
+    else:  # the same sums, in one pass: this runs on the event loop
+        spend, input_tokens, output_tokens = 0, 0, 0
+        for a in attempts:
+            spend += a.cost_usd
+            input_tokens += a.usage.input_tokens
+            output_tokens += a.usage.output_tokens
+        count = len(attempts)
     decision = {**ctx.decision, "attempts": [a.as_dict() for a in attempts],
                 "labels": ctx.labels}
     return (
@@ -130,10 +185,10 @@ def context_row(ctx: Context) -> tuple[Any, ...]:
         ctx.status,
         error_kind,
         error_text,
-        ctx.attempt_count,
-        ctx.input_tokens,
-        ctx.output_tokens,
-        ctx.spend_usd,
+        count,
+        input_tokens,
+        output_tokens,
+        spend,
         ctx.latency_s * 1000,
         ctx.overhead_s * 1000,
         int(ctx.request.stream),
@@ -171,7 +226,7 @@ def _connect(path: str) -> sqlite3.Connection:
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_MS)}")
         conn.executescript(SCHEMA)
     except sqlite3.Error as exc:
         raise ConfigError(f"record.path: cannot open the request log {path!r}: {exc}; "
@@ -179,40 +234,122 @@ def _connect(path: str) -> sqlite3.Connection:
     return conn
 
 
-class RecordWriter:
-    """A thread that takes rows from a queue and inserts them in batches, one commit per batch."""
+def _transient(exc: sqlite3.Error) -> bool:
+    """True when the database refused for now (locked, full, unavailable), not the rows."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in _TRANSIENT
 
-    def __init__(self, path: str) -> None:
+
+class RecordWriter:
+    """Journals each finished request's rows on the caller's thread, and inserts them from a
+    thread in batches, one commit per batch; replays the journal at start."""
+
+    def __init__(self, path: str, journal: str | None = None, *,
+                 retry_max_s: float = 5.0) -> None:
         self.path = path
         self.conn = _connect(path)
         self.written = 0
+        """Request rows inserted (replayed ones included)."""
+        self.retry_max_s = retry_max_s
+        self.alerts: list[Alert] = []
+        """Journal alerts (failed, then resolved) for the recorder to deliver; see take_alerts."""
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
+        self._closing_at: float | None = None
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="turnout-record-writer",
-                                        daemon=True)
+        """Held while a record is journaled and queued, and while a segment is closed and its
+        marker queued: the queue keeps the journal's order (see record_journal)."""
+        self._journal_failing = False
+        self._delayed_since: float | None = None
+        self._delay = RETRY_FIRST_S
+        self._rotate_after = 0.0
+        self.journal = None if path == ":memory:" else Journal(journal or f"{path}.journal")
+        leftovers: list[Path] = []
+        if self.journal is not None:
+            try:
+                leftovers = self.journal.start()
+            except OSError as exc:
+                self._journal_failed(exc)
+                try:
+                    leftovers = self.journal.segments()
+                except OSError:
+                    leftovers = []
+        self._thread = threading.Thread(target=self._run, args=(leftovers,),
+                                        name="turnout-record-writer", daemon=True)
         self._thread.start()
 
-    def put(self, ctx: Context) -> bool:
-        """Enqueue a finished request; False (and a warning) if the writer has been closed.
+    # --- on the event loop ----------------------------------------------------------------------
 
-        The row is built in the writer thread, off the request's path: a finished context is
-        not changed any more.
+    def put(self, ctx: Context) -> bool:
+        """Build the request's rows, append them to the journal and queue them for the writer;
+        False (and a log line) if the rows cannot be built or the writer has been closed.
+
+        A journal that cannot be written is logged and raises an alert (see :attr:`alerts`);
+        the rows are queued all the same.
         """
+        try:
+            record: tuple[Any, ...] = (context_row(ctx), attempt_rows(ctx))
+            line = encode(record) if self.journal is not None else b""
+        except Exception as exc:  # noqa: BLE001 - one bad context must not fail the request
+            log.error("record_write_failed", request_id=ctx.request_id,
+                      error=f"cannot build the row: {type(exc).__name__}: {exc}", path=self.path)
+            return False
         with self._lock:
             if not self._closed:
-                self._queue.put(ctx)
+                if self.journal is not None:
+                    try:
+                        self.journal.append(line)
+                    except OSError as exc:
+                        self._journal_failed(exc)
+                        record = _Unjournaled(record)
+                    else:
+                        if self._journal_failing:
+                            self._journal_restored()
+                self._queue.put(record)
                 return True
         log.warning("record_dropped", request_id=ctx.request_id,
                     reason="the request log is closed")
         return False
 
+    def take_alerts(self) -> list[Alert]:
+        """The journal alerts raised since the last call."""
+        alerts, self.alerts = self.alerts, []
+        return alerts
+
+    def _journal_failed(self, exc: OSError) -> None:
+        if self._journal_failing:
+            return
+        self._journal_failing = True
+        assert self.journal is not None
+        where = str(self.journal.path)
+        log.error("record_journal_failed", path=where, error=str(exc),
+                  consequence="requests are recorded, but lost if the gateway dies before the "
+                  "database has them")
+        self.alerts.append(Alert(
+            name="record_journal_failed", severity="critical", labels={"path": where},
+            summary=f"cannot write the request record's journal {where}: {exc}. Requests are "
+                    "still recorded, but those not yet in the database are lost if the gateway "
+                    "dies; free space on its disk or fix its permissions."))
+
+    def _journal_restored(self) -> None:
+        self._journal_failing = False
+        assert self.journal is not None
+        where = str(self.journal.path)
+        log.info("record_journal_restored", path=where)
+        self.alerts.append(Alert(name="record_journal_failed", severity="critical",
+                                 summary=f"the request record's journal {where} is written again",
+                                 labels={"path": where}, resolved=True))
+
+    # --- from any thread ------------------------------------------------------------------------
+
     def close(self, timeout: float | None = None) -> None:
-        """Write every row already enqueued, then close the database. Blocks until done."""
+        """Write every row already enqueued, then close the database. Blocks until done; if the
+        database refuses rows for :data:`CLOSE_RETRY_S`, they are left in the journal."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            self._closing_at = time.monotonic()
             self._queue.put(_STOP)
         self._thread.join(timeout)
 
@@ -225,8 +362,14 @@ class RecordWriter:
             self._queue.put(done)
         return done.wait(timeout)
 
-    def _run(self) -> None:
+    # --- the writer thread ----------------------------------------------------------------------
+
+    def _run(self, leftovers: list[Path]) -> None:
+        clean = False
         try:
+            if not self._replay(leftovers):
+                self._abandon([])
+                return
             stop = False
             while not stop:
                 batch = [self._queue.get()]
@@ -238,67 +381,221 @@ class RecordWriter:
                         batch.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
-                records = [record for item in batch if isinstance(item, Context)
-                           and (record := self._record(item)) is not None]
-                if records:
-                    self._write(records)
+                records = [item for item in batch if isinstance(item, tuple)]
+                if records and self._write(records) is None:
+                    self._abandon(batch)
+                    return
                 for marker in batch:
                     if marker is _STOP:
                         stop = True
                     elif isinstance(marker, threading.Event):
                         marker.set()
+                    elif isinstance(marker, _Closed):
+                        # Every record queued before the marker, that is every line of the
+                        # segment, is committed (or was unwritable): the segment can go.
+                        _delete(marker.segment)
+                if not stop:
+                    self._rotate()
+            clean = True
         finally:
+            if self.journal is not None:
+                with self._lock:
+                    # Clean: everything appended was queued before _STOP and is committed.
+                    self.journal.close(discard=clean)
             self.conn.close()
 
-    def _record(self, ctx: Context) -> Record | None:
-        try:
-            return context_row(ctx), attempt_rows(ctx)
-        except Exception as exc:  # noqa: BLE001 - one bad context must not stop the writer
-            log.error("record_write_failed", request_id=ctx.request_id,
-                      error=f"cannot build the row: {type(exc).__name__}: {exc}", path=self.path)
-            return None
-
-    def _write(self, records: list[Record]) -> None:
-        try:
-            with self.conn:
-                self.conn.execute("BEGIN")
-                _insert(self.conn, "requests", [row for row, _ in records])
-                _insert(self.conn, "attempts", [a for _, attempts in records for a in attempts])
-            self.written += len(records)
+    def _rotate(self) -> None:
+        """Close the active journal segment when it is large or old enough (see record_journal)."""
+        journal = self.journal
+        if journal is None or not journal.size:
             return
-        except sqlite3.Error:
-            pass  # the transaction rolled back: write request by request to find the bad ones
-        for row, attempts in records:
-            # A request and its attempts in one transaction: both are written, or neither.
+        now = time.monotonic()
+        if now < self._rotate_after or (journal.size < journal_module.SEGMENT_BYTES
+                                        and now - journal.opened_at < journal_module.SEGMENT_AGE_S):
+            return
+        with self._lock:
             try:
-                with self.conn:
-                    self.conn.execute("BEGIN")
-                    _insert(self.conn, "requests", [row])
-                    _insert(self.conn, "attempts", attempts)
-                self.written += 1
+                closed = journal.rotate()
+            except OSError as exc:
+                log.warning("record_journal_rotate_failed", path=str(journal.path),
+                            error=str(exc))
+                self._rotate_after = now + journal_module.SEGMENT_AGE_S
+                return
+            if closed is not None:
+                self._queue.put(_Closed(closed))
+
+    def _replay(self, segments: list[Path]) -> bool:
+        """Insert what the journal segments hold and the database lacks, then delete them;
+        False if the writer gave up (shutting down with the database unavailable)."""
+        for segment in segments:
+            lines = inserted = 0
+            chunk: list[Any] = []
+            try:
+                for record in read_segment(segment, len(COLUMNS), len(ATTEMPT_COLUMNS)):
+                    chunk.append(record)
+                    lines += 1
+                    if len(chunk) == BATCH_SIZE:
+                        done = self._write(chunk, replay=True)
+                        if done is None:
+                            return False
+                        inserted += done
+                        chunk = []
+            except OSError as exc:
+                log.error("record_journal_unreadable", path=str(segment), error=str(exc))
+                continue
+            if chunk:
+                done = self._write(chunk, replay=True)
+                if done is None:
+                    return False
+                inserted += done
+            log.info("record_replayed", path=str(segment), requests=lines, inserted=inserted,
+                     already_recorded=lines - inserted)
+            _delete(segment)
+        return True
+
+    def _write(self, records: list[Any], *, replay: bool = False) -> int | None:
+        """Commit ``records``, a request's row with its attempts' rows; returns the request rows
+        inserted, once each record is committed or found unwritable (logged and skipped).
+
+        A batch the database refuses for now is retried with backoff until it is written; None
+        only when the writer gives up at shutdown. Replayed records that are already in the
+        database are no-ops; a live one is a duplicate, logged.
+        """
+        inserted = 0
+        pending = records
+        try:
+            while pending:
+                try:
+                    inserted += self._commit(pending, replay)
+                    pending = []
+                except sqlite3.Error as exc:
+                    if _transient(exc):
+                        self._wait(exc, len(pending))
+                        continue
+                    # A bad row fails the whole batch: write request by request to find it.
+                    pending, done = self._one_by_one(pending, replay)
+                    inserted += done
+        except _GiveUp:
+            return None
+        if self._delayed_since is not None:
+            log.info("record_write_resumed", path=self.path,
+                     delayed_s=round(time.monotonic() - self._delayed_since, 3))
+            self._delayed_since = None
+        self.written += inserted
+        return inserted
+
+    def _one_by_one(self, records: list[Any], replay: bool) -> tuple[list[Any], int]:
+        """Commit each record alone, logging and skipping those that cannot be written; stops at
+        a refusal for now and returns the records left (after waiting), and the rows inserted."""
+        inserted = 0
+        for i, record in enumerate(records):
+            try:
+                inserted += self._commit([record], replay)
             except sqlite3.Error as exc:
+                if _transient(exc):
+                    self._wait(exc, len(records) - i)
+                    return records[i:], inserted
                 reason = ("a request with this id is already recorded"
                           if getattr(exc, "sqlite_errorname", "") == "SQLITE_CONSTRAINT_PRIMARYKEY"
                           else str(exc))
-                log.error("record_write_failed", request_id=row[0], error=reason,
+                log.error("record_write_failed", request_id=record[0][0], error=reason,
                           path=self.path)
+        return [], inserted
+
+    def _commit(self, records: list[Any], replay: bool) -> int:
+        """Insert ``records`` in one transaction; the request rows inserted."""
+        conn = self.conn
+        if conn.in_transaction:  # left open by a failed rollback
+            conn.execute("ROLLBACK")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            inserted = _insert(conn, "requests", [row for row, _ in records], replay)
+            _insert(conn, "attempts", [a for _, attempts in records for a in attempts], replay)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise
+        return inserted
+
+    def _wait(self, exc: sqlite3.Error, rows: int) -> None:
+        """Pause before retrying a refused batch; logs once per episode. Raises _GiveUp once the
+        writer has been closing for :data:`CLOSE_RETRY_S`."""
+        now = time.monotonic()
+        if self._delayed_since is None:
+            self._delayed_since, self._delay = now, RETRY_FIRST_S
+            log.warning("record_write_delayed", path=self.path, rows=rows,
+                        reason=str(exc) or getattr(exc, "sqlite_errorname", type(exc).__name__),
+                        consequence="rows are kept and retried until the database takes them")
+        pause = self._delay
+        if self._closing_at is not None:
+            left = self._closing_at + CLOSE_RETRY_S - now
+            if left <= 0:
+                raise _GiveUp
+            pause = min(pause, left)
+        time.sleep(pause)
+        self._delay = min(self._delay * 2, self.retry_max_s)
+
+    def _abandon(self, batch: list[Any]) -> None:
+        """Shutting down with the database still refusing: report what is left where."""
+        left = [item for item in batch if isinstance(item, tuple)]
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, tuple):
+                left.append(item)
+            elif isinstance(item, threading.Event):
+                item.set()
+        for item in batch:
+            if isinstance(item, threading.Event):
+                item.set()
+        lost = sum(1 for item in left if type(item) is _Unjournaled)
+        log.warning("record_write_deferred", path=self.path, rows=len(left) - lost,
+                    journal=str(self.journal.path) if self.journal else None,
+                    reason="the database refused them until shutdown; they are in the journal "
+                    "and are written at the next start")
+        if lost:
+            log.error("record_dropped", path=self.path, rows=lost,
+                      reason="neither the database nor the journal took them")
 
 
-def _insert(conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]]) -> None:
-    """Insert ``rows`` into ``table`` (one of :data:`TABLES`), many rows a statement."""
+def _delete(segment: Path) -> None:
+    try:
+        segment.unlink(missing_ok=True)
+    except OSError as exc:  # replayed again at the next start: harmless, rows are not doubled
+        log.warning("record_journal_not_deleted", path=str(segment), error=str(exc))
+
+
+def _insert(conn: sqlite3.Connection, table: str, rows: list[Any], replay: bool = False) -> int:
+    """Insert ``rows`` into ``table`` (one of :data:`TABLES`), many rows a statement; with
+    ``replay``, rows already there are skipped. Returns the rows inserted."""
+    inserted = 0
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
         chunk = rows[start:start + ROWS_PER_STATEMENT]
         # One statement for many rows: sqlite3 releases the GIL around every step, and a step
         # per row would make the event loop hand the GIL back and forth.
-        conn.execute(_insert_many(table, len(chunk)), [value for row in chunk for value in row])
+        inserted += conn.execute(_insert_many(table, len(chunk), replay),
+                                 [value for row in chunk for value in row]).rowcount
+    return inserted
 
 
-@lru_cache(maxsize=16)
-def _insert_many(table: str, count: int) -> str:
-    """An INSERT of ``count`` rows into ``table``."""
+_KEYS = {"requests": "request_id", "attempts": "request_id, n"}
+
+
+@lru_cache(maxsize=32)
+def _insert_many(table: str, count: int, replay: bool = False) -> str:
+    """An INSERT of ``count`` rows into ``table``; for replay, a no-op on rows already there
+    (their primary key; any other constraint still fails)."""
     columns = TABLES[table]
     row = f"({', '.join('?' for _ in columns)})"
-    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row] * count)}"
+    conflict = f" ON CONFLICT ({_KEYS[table]}) DO NOTHING" if replay else ""
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row] * count)}"
+            f"{conflict}")
 
 
 class RecordSettings(BaseModel):
@@ -309,6 +606,15 @@ class RecordSettings(BaseModel):
     enabled: bool = Field(default=True, description="Record every request.")
     path: str = Field(default="turnout.db", description="SQLite file (WAL); ':memory:' for none "
                       "on disk.")
+    journal: str | None = Field(
+        default=None, description="Append-only file each request's rows reach before the "
+        "answer's last byte leaves; what the database lacks after a crash is replayed from it at "
+        "the next start. Unset: '<path>.journal' (none for ':memory:'); closed segments beside "
+        "it are '<journal>.N'.")
+    retry_max_s: float = Field(
+        default=5.0, gt=0, description="Longest pause between retries of rows the database "
+        "refuses for now (locked by another process, disk full): they wait, in memory and in the "
+        "journal, and are not dropped.")
 
 
 class SQLiteRecorder:
@@ -320,14 +626,20 @@ class SQLiteRecorder:
 
     def __init__(self) -> None:
         self.writer: RecordWriter | None = None
+        self.kernel: Any = None
 
     @hookimpl
     async def startup(self, kernel: Any) -> None:
-        """Open the request log and start its writer, unless ``record.enabled`` is false."""
+        """Open the request log, replay its journal and start its writer, unless
+        ``record.enabled`` is false."""
         settings: RecordSettings = kernel.plugin_settings(self)
         if not settings.enabled or self.writer is not None:
             return
-        self.writer = await anyio.to_thread.run_sync(RecordWriter, settings.path)
+        self.kernel = kernel
+        self.writer = await anyio.to_thread.run_sync(partial(
+            RecordWriter, settings.path, settings.journal, retry_max_s=settings.retry_max_s))
+        if self.writer.alerts:  # the journal could not be opened
+            await self._alert()
 
     @hookimpl
     def register_commands(self, register) -> None:
@@ -338,10 +650,26 @@ class SQLiteRecorder:
                  "attempt, from the request log", arguments=stats.arguments)
 
     @hookimpl
-    def record(self, ctx: Context) -> None:
-        """Queue the finished request for the writer; no I/O, not even the row, on the loop."""
-        if self.writer is not None:
-            self.writer.put(ctx)
+    def record(self, ctx: Context) -> Any:
+        """Journal the finished request's rows and queue them for the writer: one write to the
+        page cache on the loop, the database off it.
+
+        Returns None, or, when the journal has just failed or recovered, the coroutine that
+        delivers the alert: the kernel awaits what a hook returns, so the common path stays a
+        plain call.
+        """
+        writer = self.writer
+        if writer is None:
+            return None
+        writer.put(ctx)
+        return self._alert() if writer.alerts else None
+
+    async def _alert(self) -> None:
+        writer = self.writer
+        deliver = getattr(self.kernel, "alert", None)
+        for alert in writer.take_alerts() if writer is not None else ():
+            if deliver is not None:
+                await deliver(alert)
 
     def flush(self, timeout: float = 10) -> bool:
         """Block until every row recorded so far is on disk (tests, ``turnout stats`` in-process)."""

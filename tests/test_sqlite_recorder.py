@@ -88,6 +88,11 @@ async def test_records_every_request_once_with_metadata_only(tmp_path: Path) -> 
     contexts = [make_context(i, STATUSES[i % 3], latency_ms=10.0 * (i + 1)) for i in range(200)]
     for ctx in contexts:
         recorder.record(ctx)
+    assert recorder.flush()
+    # The journal holds every request until a clean shutdown removes it: check it while it is
+    # there (the files read at the end below no longer include it).
+    journal = path.with_name(path.name + ".journal").read_bytes()
+    assert journal.count(b"\n") == 200
     await recorder.shutdown(kernel)
 
     got = rows(path)
@@ -122,7 +127,7 @@ async def test_records_every_request_once_with_metadata_only(tmp_path: Path) -> 
     assert [a["model"] for a in decision["attempts"]] == ["fast", "strong"]
     assert decision["attempts"][1]["error"] == "upstream_timeout: Bearer [REDACTED]"
 
-    everything = path.read_bytes() + b"".join(
+    everything = journal + path.read_bytes() + b"".join(
         p.read_bytes() for p in path.parent.iterdir() if p != path)
     for private in (PROMPT, ANSWER, "sk-abcdefgh12345678"):
         assert private.encode() not in everything
@@ -210,6 +215,7 @@ async def test_disabled_record_writes_nothing(tmp_path: Path) -> None:
     await recorder.shutdown(kernel_for(path, enabled=False))
     assert recorder.writer is None
     assert not path.exists()
+    assert list(tmp_path.iterdir()) == [], "no journal either"
 
 
 @pytest.mark.anyio

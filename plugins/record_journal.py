@@ -1,0 +1,194 @@
+"""The request record's journal: each finished request's rows, appended to a file before the
+answer's last byte leaves, so that a killed gateway loses no record.
+
+**Format.** One line per request: ``orjson`` of ``[requests_row, [attempts_row, ...]]``, the values
+in the order of ``COLUMNS`` and ``ATTEMPT_COLUMNS`` of :mod:`turnout.plugins.sqlite_recorder`,
+exactly what the writer inserts (the error text and the decision already redacted: the journal
+never holds what the record may not), then ``\\n``. A line is written with one ``os.write`` on a
+file opened with ``O_APPEND``. A line that cannot be read back (cut short by a power loss, or
+written by another version with other columns) is logged and skipped at replay.
+
+**Segments.** The active segment is the journal path itself (``<record.path>.journal`` unless
+``record.journal`` says otherwise); closing it renames it to ``<journal>.<n>`` (n counting up) and
+opens a fresh, empty active file. The writer thread closes the active segment once it is over
+:data:`SEGMENT_BYTES` or older than :data:`SEGMENT_AGE_S`; at a clean shutdown, once everything
+queued is committed, it deletes the active segment too, so a cleanly stopped gateway leaves no
+journal. A journal path that is not a regular file (a device) is never renamed, cut or deleted.
+
+**The invariant: a segment is deleted only once every line in it is committed to SQLite** (or has
+been found unwritable, logged and skipped). Appending a line and putting its rows on the writer's
+queue happen under one lock, and so does closing a segment and putting a marker naming it on the
+queue; the queue therefore holds the rows of segment n, then segment n's marker, then the rows of
+segment n + 1. The writer deletes segment n when it takes the marker, after it has committed every
+batch it took before it (a batch the database refuses for now is retried until it is committed,
+never passed over).
+A line appended while a segment is being closed waits for the lock and lands in the new segment,
+behind the marker; none can land in a segment that is being deleted. If the process dies, or
+shuts down while the database is unavailable, the segments stay.
+
+**Replay.** At start the writer makes the active file a closed segment, opens a new one, and
+inserts every closed segment's rows (oldest first) with ``ON CONFLICT DO NOTHING`` on the
+primary keys, a request's row and its attempts' rows in one transaction: rows already committed
+before the crash are no-ops, so a row is recorded exactly once however often replay runs. Each
+segment is deleted once its rows are committed; then the writer takes live rows (journaled in
+the new active segment and queued meanwhile).
+
+**Durability.** No fsync. A line is in the operating system's page cache once ``os.write``
+returns, so a process killed at any point (SIGKILL, the OOM killer, a crash) loses nothing that
+was answered. A power loss or kernel crash can lose the last seconds of lines (as it can the
+database's own WAL, which runs with ``synchronous=NORMAL``). An fsync per request would put a
+disk flush (from a fraction of a millisecond on a local SSD to tens of milliseconds on network
+or busy disks) on every answer's path and serialise requests behind the disk, for a risk the
+database itself does not cover either.
+
+Not for two gateways at once: one record path (database and journal) belongs to one process.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+import structlog
+
+log = structlog.get_logger("turnout.record")
+
+SEGMENT_BYTES = 4 * 1024 * 1024
+"""The active segment is closed (and deleted once committed) when it is at least this large."""
+
+SEGMENT_AGE_S = 60.0
+"""... or when it is at least this old and not empty."""
+
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+
+Record = tuple[Any, list[Any]]
+"""One request's rows: its ``requests`` row and its ``attempts`` rows."""
+
+
+def encode(record: Record) -> bytes:
+    """The journal line of ``record``, newline included."""
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+
+class Journal:
+    """The journal's files on disk. Not thread-safe: the writer calls :meth:`append` and
+    :meth:`rotate` under its own lock."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.fd: int | None = None
+        self.size = 0
+        """Bytes in the active segment: where a short write is cut back to."""
+        self.opened_at = time.monotonic()
+        self.regular = True
+        """False for a device or pipe (``/dev/full``): never renamed, cut or deleted."""
+
+    # --- the active segment ----------------------------------------------------------------------
+
+    def start(self) -> list[Path]:
+        """Take over what an earlier process left: its active file becomes a closed segment.
+        Returns every closed segment, oldest first, and opens a new, empty active segment.
+
+        Raises OSError when the journal cannot be opened (the caller logs it; appends retry)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file() and self.path.stat().st_size:
+            os.rename(self.path, self._next_segment())
+        segments = self.segments()
+        self._open()
+        return segments
+
+    def append(self, line: bytes) -> None:
+        """Append one line with a single write; raises OSError (ENOSPC, EIO, ...) when it is not
+        wholly written, leaving no part of it behind."""
+        if self.fd is None:
+            self._open()
+        assert self.fd is not None
+        try:
+            written = os.write(self.fd, line)
+        except OSError:
+            self._cut()
+            raise
+        if written != len(line):
+            self._cut()
+            raise OSError(errno.ENOSPC, f"only {written} of {len(line)} bytes written")
+        self.size += written
+
+    def rotate(self) -> Path | None:
+        """Close the active segment (renamed to the next ``<journal>.<n>``) and open a new one.
+        Returns the closed segment; None when there is nothing to close (empty, not a regular
+        file, or never opened). Raises OSError when the rename fails (nothing changed then)."""
+        if self.fd is None or not self.regular or self.size == 0:
+            return None
+        closed = self._next_segment()
+        os.rename(self.path, closed)
+        old, self.fd = self.fd, None
+        os.close(old)
+        try:
+            self._open()
+        except OSError as exc:  # the next append retries, and reports it if it fails again
+            log.warning("record_journal_failed", path=str(self.path), error=str(exc))
+        return closed
+
+    def close(self, *, discard: bool) -> None:
+        """Close the active segment; with ``discard``, delete it (every line is committed)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if discard and self.regular:
+            self.path.unlink(missing_ok=True)
+
+    def _open(self) -> None:
+        fd = os.open(self.path, _FLAGS, 0o600)
+        info = os.fstat(fd)
+        self.fd, self.size = fd, info.st_size
+        self.regular = stat.S_ISREG(info.st_mode)
+        self.opened_at = time.monotonic()
+
+    def _cut(self) -> None:
+        """Remove what a failed write may have left, so the next line starts a line."""
+        if self.fd is not None and self.regular:
+            try:
+                os.ftruncate(self.fd, self.size)
+            except OSError:
+                pass
+
+    # --- closed segments -------------------------------------------------------------------------
+
+    def segments(self) -> list[Path]:
+        """The closed segments ``<journal>.<n>``, oldest (lowest n) first."""
+        pattern = re.compile(re.escape(self.path.name) + r"\.(\d+)")
+        try:
+            names = os.listdir(self.path.parent)
+        except FileNotFoundError:
+            return []
+        found = [(int(m.group(1)), name) for name in names if (m := pattern.fullmatch(name))]
+        return [self.path.parent / name for _, name in sorted(found)]
+
+    def _next_segment(self) -> Path:
+        last = self.segments()
+        n = int(last[-1].name.rsplit(".", 1)[1]) + 1 if last else 1
+        return self.path.with_name(f"{self.path.name}.{n}")
+
+
+def read_segment(path: Path, columns: int, attempt_columns: int) -> Iterator[Record]:
+    """The records of a closed segment, in order; lines that cannot be read are logged and
+    skipped (a line cut short by a power loss, or written with other columns)."""
+    with open(path, "rb") as file:
+        for number, line in enumerate(file, 1):
+            if not line.strip():
+                continue
+            try:
+                row, attempts = orjson.loads(line)
+                if len(row) != columns or any(len(a) != attempt_columns for a in attempts):
+                    raise ValueError("not the record's columns")
+            except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+                log.warning("record_journal_corrupt", path=str(path), line=number,
+                            error=f"{type(exc).__name__}: {exc}")
+                continue
+            yield row, attempts
