@@ -26,6 +26,8 @@ import yaml
 from turnout.adapters.http import server as edge_server
 from turnout.kernel.defaults import embedded
 
+from .test_serve import free_port, wait_ready
+
 HOST = "127.0.0.1"
 SLACK_S = 1.0
 """What a timeout may overrun by on a noisy machine (the timers are exact to milliseconds)."""
@@ -47,12 +49,6 @@ class Gateway:
         return socket.create_connection((HOST, self.port), timeout=5)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 def start(tmp: Path, server: dict, simulation: dict | None = None) -> Gateway:
     """``turnout serve`` on the embedded defaults with ``server`` settings; ready on return."""
     config = embedded({})
@@ -68,16 +64,8 @@ def start(tmp: Path, server: dict, simulation: dict | None = None) -> Gateway:
     proc = subprocess.Popen([sys.executable, "-m", "turnout.adapters.cli", "serve", "--config",
                              str(tmp / "edge.yaml"), "--port", str(port)], cwd=tmp, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while True:
-        assert proc.poll() is None, proc.stderr.read()
-        try:
-            if httpx.get(f"http://{HOST}:{port}/readyz", timeout=1).status_code == 200:
-                return Gateway(proc, port, tmp / "turnout.db")
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the gateway was not ready within 30 s"
-        time.sleep(0.1)
+    wait_ready(proc, f"http://{HOST}:{port}")
+    return Gateway(proc, port, tmp / "turnout.db")
 
 
 def stop(gateway: Gateway) -> str:

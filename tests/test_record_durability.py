@@ -8,7 +8,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -35,39 +34,10 @@ from turnout.plugins.sqlite_recorder import (
     context_row,
 )
 
+from .test_serve import free_port, turnout, wait_ready
 from .test_sqlite_recorder import SECRET, STATUSES, make_context, rows
 
 ROOT = Path(__file__).resolve().parent.parent
-
-KEYS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "TURNOUT_CONFIG")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def turnout(*args: str) -> subprocess.Popen:
-    """``turnout ARGS`` as a child process, without provider keys (as tests/test_serve.py)."""
-    env = {k: v for k, v in os.environ.items() if k not in KEYS}
-    return subprocess.Popen([sys.executable, "-m", "turnout.adapters.cli", *args], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_ready(server: subprocess.Popen, base: str, limit_s: float = 30) -> None:
-    """Poll /readyz until the gateway answers 200; fail if it exits or takes over ``limit_s``."""
-    started = time.monotonic()
-    while True:
-        assert server.poll() is None, server.stderr.read()
-        try:
-            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() - started < limit_s, f"not ready within {limit_s} s"
-        time.sleep(0.1)
-
 
 def kernel_for(path: Path, **record) -> SimpleNamespace:
     settings = RecordSettings(path=str(path), **record)
@@ -219,7 +189,7 @@ def test_sigkill_under_load_loses_no_answered_request(tmp_path: Path) -> None:
     for round_ in range(3):
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        server = turnout("serve", "--port", str(port), "--config", str(config))
+        server = turnout("serve", "--port", str(port), "--config", str(config), cwd=ROOT)
         try:
             wait_ready(server, base)
             received = asyncio.run(load_then_kill(server, base, dice.uniform(0.5, 1.5)))
@@ -238,7 +208,7 @@ def test_sigkill_under_load_loses_no_answered_request(tmp_path: Path) -> None:
         missing_before_replay += sum(1 for n in found.values() if n == 0)
 
         port = free_port()
-        server = turnout("serve", "--port", str(port), "--config", str(config))
+        server = turnout("serve", "--port", str(port), "--config", str(config), cwd=ROOT)
         try:
             wait_ready(server, f"http://127.0.0.1:{port}")  # the journal is replayed at start
         finally:
