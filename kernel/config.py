@@ -221,16 +221,17 @@ class Plugins(Section):
     disable: list[str] = Field(default_factory=list, description="Names of plugins not to load.")
 
 
-class StoreSection(Section):
-    """The shared state store (rate limits, budgets, caches): one per gateway.
+class StateSection(Section):
+    """Shared state (rate limits, budgets, caches, health): one store per gateway.
 
-    The backend's own settings live in the sub-table named after it (``[store.memory]``).
+    ``backend`` names a registered store backend; the rest of the table is that backend's
+    settings (``url``, ``key_prefix`` for Redis), validated by its own model.
     """
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
     backend: str = Field(default="memory", description="Registered store backend; built in: "
-                         "'memory' (this process only).")
+                         "'memory' (this process only; several replicas need a shared one).")
 
 
 class Logging(Section):
@@ -241,7 +242,7 @@ class Logging(Section):
     format: Literal["json", "console"] = Field(default="json", description="'console' for humans.")
 
 
-KERNEL_SECTIONS = ("server", "providers", "models", "routes", "routing", "plugins", "store",
+KERNEL_SECTIONS = ("server", "providers", "models", "routes", "routing", "plugins", "state",
                    "logging")
 """Top-level keys the kernel owns; every other top-level table belongs to a plugin."""
 
@@ -259,7 +260,7 @@ class Config(Section):
     routes: dict[str, Route] = Field(default_factory=dict, description="Named routes.")
     routing: Routing = Field(default_factory=Routing, description="How 'auto' is resolved.")
     plugins: Plugins = Field(default_factory=Plugins, description="Extra and disabled plugins.")
-    store: StoreSection = Field(default_factory=StoreSection, description="Shared state.")
+    state: StateSection = Field(default_factory=StateSection, description="Shared state.")
     logging: Logging = Field(default_factory=Logging, description="Log level and format.")
     source: str | None = Field(default=None, exclude=True, description="(set by the loader)")
     text: str | None = Field(default=None, exclude=True, repr=False,

@@ -3,7 +3,7 @@
 The kernel's sections come from :mod:`turnout.kernel.config`; every other table from the models
 the loaded plugins declare: plugin sections (``[record]``), provider kinds
 (``[providers.NAME]``), strategy sub-tables (``[routes.NAME.fallback]``) and store backends
-(``[store.memory]``). ``turnout config docs`` prints it; ``docs/configuration.md`` embeds it,
+(``[state] backend = "memory"``). ``turnout config docs`` prints it; ``docs/configuration.md`` embeds it,
 and a test checks the two agree.
 """
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from .config import Config, Logging, Model, Plugins, Route, Routing, Server, StoreSection
+from .config import Config, Logging, Model, Plugins, Route, Routing, Server, StateSection
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -26,7 +26,7 @@ KERNEL: list[tuple[str, type[BaseModel]]] = [
     ("[routes.NAME]", Route),
     ("[routing]", Routing),
     ("[plugins]", Plugins),
-    ("[store]", StoreSection),
+    ("[state]", StateSection),
     ("[logging]", Logging),
 ]
 """The kernel's own tables, in reading order."""
@@ -47,7 +47,7 @@ def sections(kernel: Kernel) -> list[tuple[str, type[BaseModel]]]:
     for backend, factory in kernel.store_backends.items():
         model = getattr(factory, "Settings", None)
         if model is not None:
-            out.append((f"[store.{backend}]", model))
+            out.append((f'[state] backend = "{backend}"', model))
     for name, plugin in kernel.plugins.items():
         model = getattr(plugin, "Settings", None)
         if isinstance(model, type) and issubclass(model, BaseModel):

@@ -332,10 +332,11 @@ def register_validators(register: Callable[..., None]) -> None:
 @registration
 @hookspec
 def register_stores(register: Callable[..., None]) -> None:
-    """Register store backends that ``[store] backend = "..."`` can name.
+    """Register store backends that ``[state] backend = "..."`` can name.
 
     Call ``register(backend, factory)``: ``factory(settings)`` returns a
-    :class:`~turnout.kernel.store.Store`; ``factory.Settings`` validates ``[store.<backend>]``.
+    :class:`~turnout.kernel.store.Store`; ``factory.Settings`` validates the rest of the
+    ``[state]`` table.
 
     :param register: The callback.
     :return: Nothing.

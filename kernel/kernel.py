@@ -151,7 +151,7 @@ class Kernel:
         self.providers: dict[str, Provider] = {}
         """Configured providers by name, built at start."""
         self.store: Store | None = None
-        """The shared state store, built at start from ``[store]``."""
+        """The shared state store, built at start from ``[state]``."""
         self.counters: Counter[str] = Counter()
         """Events worth counting that no request record holds (refused authentication...), for
         logs and metrics to read."""
@@ -213,7 +213,7 @@ class Kernel:
                 raise ConfigError(f"providers.{name}: cannot start provider kind "
                                   f"{settings.kind!r} ({self.provider_kinds.owners[settings.kind]}): "
                                   f"{type(exc).__name__}: {exc}") from None
-        backend = self.config.store.backend
+        backend = self.config.state.backend
         self.store = self.store_backends[backend](self.wiring.store)
         # Plugins install a tracer provider at startup (the telemetry plugin does); without one,
         # spans would be no-ops, so the kernel skips creating them at all.

@@ -109,18 +109,14 @@ def wire(kernel: Kernel) -> Wiring:
             validate(settings_model(strategy) or NoSettings, raw, ("routes", name, key),
                      lambda v, k=(name, key): out.strategies.__setitem__(k, v))
 
-    backend = config.store.backend
+    backend = config.state.backend
     factory = kernel.store_backends.get(backend)
     if factory is None:
-        out.problems.append((("store", "backend"), f"unknown store backend {backend!r}; "
+        out.problems.append((("state", "backend"), f"unknown store backend {backend!r}; "
                              f"registered: {kernel.store_backends.known()}"))
     else:
-        validate(settings_model(factory) or NoSettings, (config.store.model_extra or {}).get(backend),
-                 ("store", backend), lambda v: setattr(out, "store", v))
-    for key in config.store.model_extra or {}:
-        if key != backend:
-            out.problems.append((("store", key), f"a sub-table for backend {key!r}, but "
-                                 f"store.backend is {backend!r}"))
+        validate(settings_model(factory) or NoSettings, config.state.model_extra or {},
+                 ("state",), lambda v: setattr(out, "store", v))
     return out
 
 

@@ -108,7 +108,7 @@ def test_every_key_is_documented_the_plugins_keys_included() -> None:
     titles = [title for title, _ in sections(kernel)]
     for owned in ("[record]", "[telemetry]", "[simulation]", "[simulation.models.NAME]",
                   "[providers.NAME.timeout]",
-                  "[routes.NAME.fallback]", "[store.memory]"):
+                  "[routes.NAME.fallback]", '[state] backend = "memory"'):
         assert owned in titles
     kinds = next(title for title in titles if title.startswith("[providers.NAME] kind"))
     assert all(f'"{kind}"' in kinds for kind in ("openai", "openai-compatible", "anthropic",

@@ -165,7 +165,7 @@ async def test_a_named_validator_applies_on_the_routes_that_list_it() -> None:
 
 @pytest.mark.anyio
 async def test_a_store_backend_named_in_the_config_is_the_kernels_store() -> None:
-    kernel, _ = guide_kernel({"store": {"backend": "tiny-memory"}}, "TinyStore")
+    kernel, _ = guide_kernel({"state": {"backend": "tiny-memory"}}, "TinyStore")
     async with kernel:
         assert type(kernel.store).__name__ == "TinyMemory"
         assert kernel.store.settings.max_keys == 1000

@@ -37,7 +37,7 @@ NEVER = math.inf
 
 
 class MemorySettings(BaseModel):
-    """``[store.memory]``: the embedded single-process store."""
+    """``[state] backend = "memory"``: the embedded single-process store."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
