@@ -231,7 +231,7 @@ class StateSection(Section):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     backend: str = Field(default="memory", description="Registered store backend; built in: "
-                         "'memory' (this process only; several replicas need a shared one).")
+                         "'memory' (this process only) and 'redis' (shared by every replica).")
 
 
 class Logging(Section):

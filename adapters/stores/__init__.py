@@ -8,9 +8,11 @@ from __future__ import annotations
 from turnout.kernel.hookspecs import hookimpl
 
 from .memory import MemoryStore
+from .redis import RedisStore
 
 
 @hookimpl
 def register_stores(register) -> None:
     """Register the built-in backends by the name ``[store] backend`` uses."""
     register("memory", MemoryStore)
+    register("redis", RedisStore)
