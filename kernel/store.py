@@ -17,10 +17,24 @@ rounding (a relative 1e-9), so ``0.1 + 0.2`` fits a limit of ``0.3``.
 from __future__ import annotations
 
 import contextlib
+import math
+import uuid
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import anyio
+
 from .errors import TurnoutError
+
+LOCK_POLL_S = 0.005
+"""How often a lock waiter asks again, in seconds of real time."""
+
+
+def check_number(name: str, value: float, *, positive: bool = False) -> None:
+    """Refuse a negative (or, with ``positive``, zero) or NaN amount, window or TTL."""
+    if value < 0 or (positive and value == 0) or math.isnan(value):
+        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, not {value!r}")
 
 
 class StoreError(TurnoutError):
@@ -137,7 +151,6 @@ class Store(ABC):
 
     # --- locks: single flight -----------------------------------------------------------------
 
-    @abstractmethod
     def lock(self, key: str, *, ttl_s: float,
              wait_s: float = 0.0) -> contextlib.AbstractAsyncContextManager[None]:
         """A single-flight lock on ``key``, used as ``async with store.lock(key, ttl_s=30): ...``.
@@ -145,8 +158,35 @@ class Store(ABC):
         The holder runs the block; others wait up to ``wait_s`` seconds (real time) for it and
         then raise :class:`LockTimeout`. A lock whose holder died expires after ``ttl_s``.
         Leaving the block releases only the holder's own lock (checked by a token), never one that
-        expired meanwhile and was taken by someone else.
+        expired meanwhile and was taken by someone else. Backends provide :meth:`try_lock` and
+        :meth:`unlock`; the waiting is the same for all.
         """
+        check_number("ttl_s", ttl_s, positive=True)
+        check_number("wait_s", wait_s)
+        return self._hold(key, ttl_s, wait_s)
+
+    @contextlib.asynccontextmanager
+    async def _hold(self, key: str, ttl_s: float, wait_s: float) -> AsyncIterator[None]:
+        token = uuid.uuid4().hex
+        give_up = anyio.current_time() + wait_s
+        while not await self.try_lock(key, token, ttl_s):
+            left = give_up - anyio.current_time()
+            if left <= 0:
+                raise LockTimeout(f"lock {key!r} is held; waited {wait_s:g} s")
+            await anyio.sleep(min(LOCK_POLL_S, left))
+        try:
+            yield
+        finally:
+            await self.unlock(key, token)
+
+    @abstractmethod
+    async def try_lock(self, key: str, token: str, ttl_s: float) -> bool:
+        """Take the lock ``key`` for ``token`` if it is free or its holder's ``ttl_s`` ran out;
+        True when taken. One atomic step."""
+
+    @abstractmethod
+    async def unlock(self, key: str, token: str) -> None:
+        """Release the lock ``key`` if ``token`` still holds it; otherwise do nothing."""
 
     # --- lifetime -----------------------------------------------------------------------------
 

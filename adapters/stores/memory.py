@@ -12,23 +12,18 @@ ones before all others), then those that never expire, least recently written fi
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import math
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
-from turnout.kernel.store import LockTimeout, Reservation, Store, WindowResult
-
-LOCK_POLL_S = 0.005
-"""How often a lock waiter looks again, in seconds of real time."""
+from turnout.kernel.store import Reservation, Store, WindowResult, check_number
 
 SETTLED_IDS_KEPT_S = 24 * 3600.0
 """How long a settled reservation id is remembered after its reservation's expiry."""
@@ -50,11 +45,6 @@ def _fits(total: float, amount: float, limit: float | None) -> bool:
     if limit is None:
         return True
     return total + amount <= limit + 1e-9 * max(1.0, abs(limit))
-
-
-def _check(name: str, value: float, *, positive: bool = False) -> None:
-    if value < 0 or (positive and value == 0) or math.isnan(value):
-        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, not {value!r}")
 
 
 @dataclass(slots=True, eq=False)
@@ -179,8 +169,8 @@ class MemoryStore(Store):
 
     async def window_add(self, key: str, amount: float = 1.0, *, window_s: float,
                          limit: float | None = None, sliding: bool = True) -> WindowResult:
-        _check("window_s", window_s, positive=True)
-        _check("amount", amount)
+        check_number("window_s", window_s, positive=True)
+        check_number("amount", amount)
         now = self._clock()
         if sliding:
             return self._sliding_add(key, amount, window_s, limit, now)
@@ -223,7 +213,7 @@ class MemoryStore(Store):
         return WindowResult(False, total, start + window_s - now)
 
     async def window_total(self, key: str, *, window_s: float, sliding: bool = True) -> float:
-        _check("window_s", window_s, positive=True)
+        check_number("window_s", window_s, positive=True)
         now = self._clock()
         if sliding:
             entry = self._sliding(key, window_s, now)
@@ -259,8 +249,8 @@ class MemoryStore(Store):
 
     async def reserve(self, key: str, amount: float, *, limit: float,
                       ttl_s: float) -> Reservation | None:
-        _check("amount", amount)
-        _check("ttl_s", ttl_s, positive=True)
+        check_number("amount", amount)
+        check_number("ttl_s", ttl_s, positive=True)
         now = self._clock()
         ledger = self._ledger(key, now)
         total = (ledger.settled + math.fsum(r.amount for r in ledger.live.values())) if ledger else 0.0
@@ -274,7 +264,7 @@ class MemoryStore(Store):
         return reservation
 
     async def settle(self, reservation: Reservation, actual: float) -> float:
-        _check("actual", actual)
+        check_number("actual", actual)
         now = self._clock()
         key = reservation.key
         ledger = self._ledger(key, now)
@@ -315,7 +305,7 @@ class MemoryStore(Store):
 
     async def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
         if ttl_s is not None:
-            _check("ttl_s", ttl_s, positive=True)
+            check_number("ttl_s", ttl_s, positive=True)
         entry = self._values[key] = _Value(value=bytes(value))
         self._written("value", key, entry, NEVER if ttl_s is None else self._clock() + ttl_s)
 
@@ -327,7 +317,7 @@ class MemoryStore(Store):
 
     # --- locks ------------------------------------------------------------------------------------
 
-    def _try_lock(self, key: str, token: str, ttl_s: float) -> bool:
+    async def try_lock(self, key: str, token: str, ttl_s: float) -> bool:
         now = self._clock()
         held = self._locks.get(key)
         if held is not None and held.deadline > now:
@@ -336,24 +326,7 @@ class MemoryStore(Store):
         self._written("lock", key, entry, now + ttl_s)
         return True
 
-    def lock(self, key: str, *, ttl_s: float,
-             wait_s: float = 0.0) -> contextlib.AbstractAsyncContextManager[None]:
-        _check("ttl_s", ttl_s, positive=True)
-        _check("wait_s", wait_s)
-        return self._hold(key, ttl_s, wait_s)
-
-    @contextlib.asynccontextmanager
-    async def _hold(self, key: str, ttl_s: float, wait_s: float) -> AsyncIterator[None]:
-        token = uuid.uuid4().hex
-        give_up = anyio.current_time() + wait_s
-        while not self._try_lock(key, token, ttl_s):
-            left = give_up - anyio.current_time()
-            if left <= 0:
-                raise LockTimeout(f"lock {key!r} is held; waited {wait_s:g} s")
-            await anyio.sleep(min(LOCK_POLL_S, left))
-        try:
-            yield
-        finally:
-            held = self._locks.get(key)
-            if held is not None and held.token == token:
-                del self._locks[key]
+    async def unlock(self, key: str, token: str) -> None:
+        held = self._locks.get(key)
+        if held is not None and held.token == token:
+            del self._locks[key]

@@ -28,24 +28,18 @@ connection writes the same member again instead of counting twice.
 
 from __future__ import annotations
 
-import contextlib
-import math
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
-import anyio
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from turnout.kernel.store import LockTimeout, Reservation, Store, StoreError, WindowResult
-
-LOCK_POLL_S = 0.01
-"""How often a lock waiter asks again, in seconds of real time."""
+from turnout.kernel.store import Reservation, Store, StoreError, WindowResult, check_number
 
 SETTLED_IDS_KEPT_S = 24 * 3600.0
 """How long a settled reservation id is remembered after its reservation's expiry."""
@@ -73,11 +67,6 @@ class RedisSettings(BaseModel):
         if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return url
-
-
-def _check(name: str, value: float, *, positive: bool = False) -> None:
-    if value < 0 or (positive and value == 0) or math.isnan(value):
-        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, not {value!r}")
 
 
 def _redacted(url: str) -> str:
@@ -317,8 +306,8 @@ class RedisStore(Store):
 
     async def window_add(self, key: str, amount: float = 1.0, *, window_s: float,
                          limit: float | None = None, sliding: bool = True) -> WindowResult:
-        _check("window_s", window_s, positive=True)
-        _check("amount", amount)
+        check_number("window_s", window_s, positive=True)
+        check_number("amount", amount)
         limit_arg = "" if limit is None else _num(limit)
         if sliding:
             reply = await self._run("sliding_add", [self._key("sliding", key)], self._now(),
@@ -330,7 +319,7 @@ class RedisStore(Store):
         return WindowResult(bool(admitted), float(total), float(retry) if retry else None)
 
     async def window_total(self, key: str, *, window_s: float, sliding: bool = True) -> float:
-        _check("window_s", window_s, positive=True)
+        check_number("window_s", window_s, positive=True)
         if sliding:
             total = await self._run("sliding_total", [self._key("sliding", key)], self._now(),
                                     _num(window_s))
@@ -347,8 +336,8 @@ class RedisStore(Store):
 
     async def reserve(self, key: str, amount: float, *, limit: float,
                       ttl_s: float) -> Reservation | None:
-        _check("amount", amount)
-        _check("ttl_s", ttl_s, positive=True)
+        check_number("amount", amount)
+        check_number("ttl_s", ttl_s, positive=True)
         rid = uuid.uuid4().hex
         expires_at = await self._run("reserve", self._ledger_keys(key)[:2], self._now(),
                                      _num(amount), _num(limit), _num(ttl_s), rid)
@@ -357,7 +346,7 @@ class RedisStore(Store):
         return Reservation(key=key, id=rid, amount=float(amount), expires_at=float(expires_at))
 
     async def settle(self, reservation: Reservation, actual: float) -> float:
-        _check("actual", actual)
+        check_number("actual", actual)
         total = await self._run("settle", self._ledger_keys(reservation.key), self._now(),
                                 _num(actual), reservation.id, _num(reservation.expires_at),
                                 _num(SETTLED_IDS_KEPT_S))
@@ -377,7 +366,7 @@ class RedisStore(Store):
 
     async def set(self, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
         if ttl_s is not None:
-            _check("ttl_s", ttl_s, positive=True)
+            check_number("ttl_s", ttl_s, positive=True)
         await self._run("set", [self._key("value", key)], self._now(), bytes(value),
                         "" if ttl_s is None else _num(ttl_s))
 
@@ -386,26 +375,12 @@ class RedisStore(Store):
 
     # --- locks ------------------------------------------------------------------------------------
 
-    def lock(self, key: str, *, ttl_s: float,
-             wait_s: float = 0.0) -> contextlib.AbstractAsyncContextManager[None]:
-        _check("ttl_s", ttl_s, positive=True)
-        _check("wait_s", wait_s)
-        return self._hold(key, ttl_s, wait_s)
+    async def try_lock(self, key: str, token: str, ttl_s: float) -> bool:
+        return bool(await self._run("lock", [self._key("lock", key)], self._now(), token,
+                                    _num(ttl_s)))
 
-    @contextlib.asynccontextmanager
-    async def _hold(self, key: str, ttl_s: float, wait_s: float) -> AsyncIterator[None]:
-        redis_key = self._key("lock", key)
-        token = uuid.uuid4().hex
-        give_up = anyio.current_time() + wait_s
-        while not await self._run("lock", [redis_key], self._now(), token, _num(ttl_s)):
-            left = give_up - anyio.current_time()
-            if left <= 0:
-                raise LockTimeout(f"lock {key!r} is held; waited {wait_s:g} s")
-            await anyio.sleep(min(LOCK_POLL_S, left))
-        try:
-            yield
-        finally:
-            await self._run("unlock", [redis_key], token)
+    async def unlock(self, key: str, token: str) -> None:
+        await self._run("unlock", [self._key("lock", key)], token)
 
     # --- lifetime ---------------------------------------------------------------------------------
 
