@@ -286,7 +286,8 @@ class Kernel:
             raise
 
     def _accept(self, request: ChatRequest, client: str | None, request_id: str | None) -> Context:
-        unknown = sorted(set(request.model_extra or ()) - self.wiring.passthrough)
+        unknown = sorted(set(request.model_extra) - self.wiring.passthrough) \
+            if request.model_extra else None
         if unknown:
             raise BadRequest(f"Unrecognized request argument supplied: {clip(unknown[0])}. "
                              "(A provider lists the fields it passes through in "
@@ -509,24 +510,26 @@ class Kernel:
                                       + "; ".join(f"{v.validator}: {v.reason}" for v in failed))
         raise AttemptFailed(step, error, failed, reason)
 
-    def _check_attempts(self, ctx: Context) -> None:
+    def _attempts_used_up(self, ctx: Context) -> str | None:
+        """Why the request may make no more calls, or None while it may."""
         cap = self.route_config(ctx.route).max_attempts
         if len(ctx.attempts) >= cap:
-            raise AttemptsExhausted(f"the request made {cap} calls without an answer "
-                                    "(routes.NAME.max_attempts)")
+            return f"{cap} attempts made (max_attempts)"
         total = self.config.server.max_attempts_per_request
         if ctx.root.attempt_count >= total:
-            raise AttemptsExhausted(f"the request and its sub-requests made {total} calls "
-                                    "(server.max_attempts_per_request)")
+            return (f"{total} calls made by the request and its sub-requests "
+                    "(server.max_attempts_per_request)")
+        return None
+
+    def _check_attempts(self, ctx: Context) -> None:
+        used_up = self._attempts_used_up(ctx)
+        if used_up is not None:
+            raise AttemptsExhausted(f"no answer, and no call left: {used_up}")
 
     async def _escalate(self, ctx: Context, failed: AttemptFailed) -> Escalation:
-        cap = self.route_config(ctx.route).max_attempts
-        total = self.config.server.max_attempts_per_request
-        if len(ctx.attempts) >= cap:
-            move = Escalation("stop", f"{cap} attempts made (max_attempts)")
-        elif ctx.root.attempt_count >= total:
-            move = Escalation("stop", f"{total} calls made by the request and its sub-requests "
-                                      "(server.max_attempts_per_request)")
+        used_up = self._attempts_used_up(ctx)
+        if used_up is not None:
+            move = Escalation("stop", used_up)
         else:
             move = await self.plugins.hook.escalate(ctx=ctx, error=failed.error,
                                                     verdicts=failed.verdicts) \

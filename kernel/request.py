@@ -95,20 +95,31 @@ PARTS_BY_ROLE: dict[str, tuple[str, ...]] = {
 """The content parts each role may send, as OpenAI's API defines them."""
 
 
+def describe(error: dict[str, Any]) -> tuple[str, str]:
+    """A pydantic error in the client's words: its path (``messages[0].content``) and what was
+    expected, with the value sent quoted cut short (objects and arrays not quoted)."""
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+    msg = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "missing":
+        msg = "this parameter is required"
+    elif error["type"] == "extra_forbidden":
+        msg = "unknown field"
+    got = error.get("input")
+    if error["type"] not in ("missing", "extra_forbidden") and not isinstance(got, (dict, list)):
+        msg += f" (got {clip(repr(got))})"
+    return path.lstrip("."), msg
+
+
 def check(model: type[BaseModel], value: Any, where: str) -> BaseModel:
     """``value`` validated strictly as ``model``; a ValueError naming the path inside
     ``where`` (``content[0].text``) and what was expected, otherwise."""
     try:
         return model.model_validate(value, strict=True)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
-        path = path if where else path.lstrip(".")
-        got = err.get("input")
-        shown = "" if err["type"] in ("missing", "extra_forbidden") \
-            or isinstance(got, (dict, list)) else f" (got {clip(repr(got))})"
-        msg = "required" if err["type"] == "missing" else err["msg"]
-        raise ValueError(f"{where}{path}: {msg}{shown}") from None
+        path, msg = describe(exc.errors()[0])
+        joined = f"{where}.{path}" if where and path and not path.startswith("[") \
+            else f"{where}{path}"
+        raise ValueError(f"{joined}: {msg}") from None
 
 
 def check_one_of(models: dict[str, type[BaseModel]], value: Any, where: str,

@@ -11,7 +11,7 @@ import orjson
 from pydantic import ValidationError
 
 from turnout.kernel.errors import BadRequest, clip
-from turnout.kernel.request import MAX_NESTING, too_deep
+from turnout.kernel.request import MAX_NESTING, describe, too_deep
 from turnout.kernel.types import ChatRequest
 
 
@@ -39,17 +39,6 @@ def parse_request(body: bytes | bytearray) -> ChatRequest:
 
 def validation_message(exc: ValidationError) -> tuple[str, str | None]:
     """The first pydantic error as an OpenAI-style message and param."""
-    err = exc.errors()[0]
-    loc = err["loc"]
-    param = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p))
-                    for i, p in enumerate(loc)) or None
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "missing":
-        msg = "this parameter is required"
-    elif err["type"] == "extra_forbidden":
-        msg = "unknown field"
-    got = err.get("input")
-    shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, (dict, list)) \
-        else f" (got {clip(repr(got))})"
-    return f"Invalid value for '{clip(param)}': {msg}{shown}.", clip(param) if param else None
+    param, msg = describe(exc.errors()[0])
+    return f"Invalid value for '{clip(param)}': {msg}.", clip(param) if param else None
 
