@@ -342,6 +342,7 @@ class Kernel:
             self._fail(ctx, exc)
             await self._record(ctx)
             raise
+        ctx.first_token_s = time.perf_counter() - ctx.started
         return AnswerStream(self, ctx, started)
 
     async def explain(self, ctx: Context) -> dict[str, Any]:

@@ -230,6 +230,8 @@ class Context:
     started: float = field(default_factory=time.perf_counter)
     created_at: float = field(default_factory=time.time)
     ended: float | None = None
+    first_token_s: float | None = None
+    """For a stream: seconds from acceptance to its first chunk (time to first token)."""
     upstream_s: float = 0.0
     waiting: int = 0
     wait_since: float = 0.0
