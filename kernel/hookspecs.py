@@ -26,7 +26,18 @@ from typing import TYPE_CHECKING, Callable
 
 import pluggy
 
-from .types import Alert, Completion, Context, Escalation, Plan, Selection, Step, Stream, Verdict
+from .types import (
+    Alert,
+    Completion,
+    Context,
+    Escalation,
+    Hold,
+    Plan,
+    Selection,
+    Step,
+    Stream,
+    Verdict,
+)
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -37,15 +48,24 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 ISOLATED = PROJECT + "_isolated"
 REGISTRATION = PROJECT + "_registration"
+IN_ORDER = PROJECT + "_in_order"
 
-__all__ = ["Alert", "Completion", "Context", "Escalation", "Plan", "Selection", "Step", "Stream",
-           "Verdict", "hookimpl", "hookspec"]
+__all__ = ["Alert", "Completion", "Context", "Escalation", "Hold", "Plan", "Selection", "Step",
+           "Stream", "Verdict", "hookimpl", "hookspec"]
 
 
 def isolated(spec: Callable) -> Callable:
     """Mark a spec whose failing implementations are logged and skipped, never failing the caller
     (recorders, alert delivery, shutdown)."""
     setattr(spec, ISOLATED, True)
+    return spec
+
+
+def in_order(spec: Callable) -> Callable:
+    """Mark a spec whose implementations run one at a time in call order, ``async`` ones too, so
+    that when one raises, the answers of those before it are known: they travel on the error as
+    ``error.partial`` for the kernel to undo (holds taken before a refusal)."""
+    setattr(spec, IN_ORDER, True)
     return spec
 
 
@@ -134,6 +154,33 @@ def plan_route(ctx: Context) -> Plan | None:
         the route's own strategy) decide.
 
     Stops at the first non-None result.
+    """
+
+
+# =============================================================================================
+# admit: may this attempt be made?
+# =============================================================================================
+
+
+@in_order
+@hookspec
+def admit(ctx: Context, step: Step) -> Hold | None:
+    """Admit one attempt before it is made: take a rate-limit slot, reserve its worst-case cost
+    against the budgets.
+
+    Fires before every attempt: retries, fallbacks and every sub-request's attempts included,
+    cache hits too (a ``call`` plugin answers after admission). To refuse, raise a
+    ``turnout.kernel.errors.TurnoutError`` (``BudgetExceeded``, ``RateLimited``): the request
+    fails with it, no further attempt is made, and the holds already taken for this attempt are
+    ended. Headers for the client go in ``ctx.response_headers`` (``x-ratelimit-*``).
+
+    :param ctx: The request context; ``ctx.caller`` says who asked.
+    :param step: The step about to be called: ``step.model`` is the model.
+    :return: A :class:`~turnout.kernel.types.Hold` whose ``done(attempt)`` the kernel awaits
+        once the attempt has ended (to settle a reservation to the real cost, or release it), or
+        None when nothing is held.
+
+    All implementations run, one at a time in call order.
     """
 
 

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Mapping
 
 import anyio
 import structlog
@@ -46,6 +46,7 @@ from .types import (
     Alert,
     Answer,
     Attempt,
+    Caller,
     ChatRequest,
     Chunk,
     Completion,
@@ -255,15 +256,20 @@ class Kernel:
 
     # --- the frontends' API --------------------------------------------------------------------
 
-    async def ask(self, request: ChatRequest, *, client: str | None = None,
+    async def ask(self, request: ChatRequest, *, caller: Caller | None = None,
+                  headers: Mapping[str, str] | None = None, client: str | None = None,
                   request_id: str | None = None) -> Answer:
         """Answer ``request`` (not streaming) and say what it took: model, route, strategy,
         cost, latency, attempts and the decision record.
 
+        ``caller`` says who asked (budgets and rate limits count by it); ``headers`` is the
+        frontend's request metadata, names in lower case, for plugins to read
+        (``ctx.headers``); ``client`` is recorded as who asked (default: the caller's key).
+
         Raises a :class:`~turnout.kernel.errors.TurnoutError`; once the request was accepted the
         error carries ``error.answer``, the same account for the failed request.
         """
-        ctx = self._accept(request, client, request_id)
+        ctx = self._accept(request, caller, headers, client, request_id)
         try:
             await self.complete(ctx)
         except TurnoutError as exc:
@@ -271,28 +277,37 @@ class Kernel:
             raise
         return Answer.of(ctx)
 
-    async def ask_stream(self, request: ChatRequest, *, client: str | None = None,
+    async def ask_stream(self, request: ChatRequest, *, caller: Caller | None = None,
+                         headers: Mapping[str, str] | None = None, client: str | None = None,
                          request_id: str | None = None) -> AnswerStream:
         """Answer ``request`` as a stream: returns once the first chunk has arrived (fallback
         happens before that), then iterate the chunks; ``stream.answer`` says what it took so
         far. Errors as :meth:`ask`; after the first chunk a failure ends the iteration with
         :class:`~turnout.kernel.errors.StreamBroken`. Close the stream when done with it."""
         ctx = self._accept(request.model_copy(update={"stream": True})
-                           if not request.stream else request, client, request_id)
+                           if not request.stream else request, caller, headers, client,
+                           request_id)
         try:
             return await self.stream(ctx)
         except TurnoutError as exc:
             exc.answer = Answer.of(ctx)  # type: ignore[attr-defined]
             raise
 
-    def _accept(self, request: ChatRequest, client: str | None, request_id: str | None) -> Context:
+    def _accept(self, request: ChatRequest, caller: Caller | None,
+                headers: Mapping[str, str] | None, client: str | None,
+                request_id: str | None) -> Context:
         unknown = sorted(set(request.model_extra) - self.wiring.passthrough) \
             if request.model_extra else None
         if unknown:
             raise BadRequest(f"Unrecognized request argument supplied: {clip(unknown[0])}. "
                              "(A provider lists the fields it passes through in "
                              "providers.NAME.passthrough_params.)", param=clip(unknown[0]))
-        fields: dict[str, Any] = {"client": client}
+        fields: dict[str, Any] = {"client": client if client is not None
+                                  else caller.key if caller is not None else None}
+        if caller is not None:
+            fields["caller"] = caller
+        if headers:
+            fields["headers"] = headers
         if request_id is not None:
             fields["request_id"] = request_id
         return self.context(request, **fields)
@@ -354,7 +369,8 @@ class Kernel:
         """Run a sub-request for a multi-call strategy: classified, routed, traced and recorded
         under ``parent``, its spend, tokens and attempts counted in the parent's. Streams when
         ``request.stream`` is set."""
-        ctx = self.context(request, parent=parent, client=parent.client)
+        ctx = self.context(request, parent=parent, client=parent.client, caller=parent.caller,
+                           headers=parent.headers, response_headers=parent.response_headers)
         parent.children.append(ctx)
         parent.begin_wait()  # the parent's own overhead excludes its sub-requests' time
         try:
@@ -474,6 +490,7 @@ class Kernel:
         attempt = Attempt(model=step.model.name, provider=step.model.provider,
                           started=time.perf_counter())
         ctx.attempts.append(attempt)
+        await self._admit(ctx, step, attempt)
         error: Exception | None = None
         failed: list[Verdict] = []
         call = self._call_first_chunk if ctx.request.stream else self._call_whole
@@ -491,14 +508,18 @@ class Kernel:
             except BaseException as exc:
                 if not isinstance(exc, Exception):
                     self._cancel_attempt(ctx, step, attempt)
-                raise
-            finally:
                 attempt.latency_s = time.perf_counter() - attempt.started
                 ctx.end_wait()
+                await self._end_attempt(attempt)
+                raise
+            attempt.latency_s = time.perf_counter() - attempt.started
+            ctx.end_wait()
             if error is not None:
                 attempt.status, attempt.error = "error", f"{error.kind}: {error}"
             elif attempt.status == "rejected":
                 failed = [v for v in attempt.verdicts if not v.ok]
+            if attempt.status != "streaming":
+                await self._end_attempt(attempt)
             _gen_ai_response(span, attempt)
         if error is None and not failed:
             return result
@@ -510,6 +531,31 @@ class Kernel:
             reason = ValidationFailed("every answer failed validation: "
                                       + "; ".join(f"{v.validator}: {v.reason}" for v in failed))
         raise AttemptFailed(step, error, failed, reason)
+
+    async def _admit(self, ctx: Context, step: Step, attempt: Attempt) -> None:
+        """Fire ``admit`` for an attempt; a refusal ends the attempt as ``refused``, and the
+        holds taken before it are ended at once."""
+        try:
+            attempt.holds = await self.plugins.hook.admit(ctx=ctx, step=step)
+        except BaseException as exc:
+            attempt.holds = getattr(exc, "partial", [])
+            attempt.status = "refused" if isinstance(exc, TurnoutError) else "cancelled"
+            attempt.error = f"{exc.kind}: {exc}" if isinstance(exc, TurnoutError) else None
+            await self._end_attempt(attempt)
+            raise
+
+    async def _end_attempt(self, attempt: Attempt) -> None:
+        """Hand an ended attempt to its holds (once), shielded: a reservation is settled or
+        released even when the request is being cancelled."""
+        holds, attempt.holds = attempt.holds, []
+        if not holds:
+            return
+        with anyio.CancelScope(shield=True):
+            for hold in holds:
+                try:
+                    await hold.done(attempt)
+                except Exception:  # noqa: BLE001 - one hold failing must not keep the others
+                    log.exception("hold_failed", hold=type(hold).__name__)
 
     def _attempts_used_up(self, ctx: Context) -> str | None:
         """Why the request may make no more calls, or None while it may."""
@@ -703,6 +749,11 @@ class Kernel:
         if ctx.status == "pending":
             ctx.status = "cancelled"
         with anyio.CancelScope(shield=True):
+            for attempt in ctx.attempts:  # streams a strategy started and dropped, say
+                if attempt.holds:
+                    if attempt.status in ("pending", "streaming"):
+                        attempt.status = "cancelled"
+                    await self._end_attempt(attempt)
             await self.plugins.hook.record(ctx=ctx)
 
     def _span(self, ctx: Context):

@@ -65,6 +65,7 @@ class Spec:
     firstresult: bool
     isolated: bool
     registration: bool
+    in_order: bool
     returns: str
     """The return annotation as written in the spec, for error messages."""
     accepts: tuple[type, ...] | None
@@ -77,7 +78,8 @@ class Spec:
         returns = spec.function.__annotations__.get("return", "Any")
         return cls(hook.name, frozenset(spec.argnames), bool(spec.opts.get("firstresult")),
                    getattr(spec.function, hookspecs.ISOLATED, False),
-                   getattr(spec.function, hookspecs.REGISTRATION, False), str(returns),
+                   getattr(spec.function, hookspecs.REGISTRATION, False),
+                   getattr(spec.function, hookspecs.IN_ORDER, False), str(returns),
                    _accepted_types(returns))
 
 
@@ -252,6 +254,8 @@ class PluginManager:
         task. For isolated specs an implementation that raises is logged and skipped.
         """
         impls = self.impls(spec.name)
+        if spec.in_order:
+            return await self._gather_in_order(spec, impls, kwargs)
         results: list[Any] = [None] * len(impls)
         waiting: list[int] = []
         for i, impl in enumerate(impls):
@@ -272,6 +276,22 @@ class PluginManager:
             except BaseExceptionGroup as group:
                 raise _first_leaf(group) from None
         return [r for r in results if r is not None]
+
+    async def _gather_in_order(self, spec: Spec, impls: tuple[Impl, ...],
+                               kwargs: dict[str, Any]) -> list[Any]:
+        """Await each implementation in turn; an error carries the answers before it as
+        ``error.partial``."""
+        results: list[Any] = []
+        for impl in impls:
+            try:
+                result = await self.invoke(spec, impl, kwargs)
+            except BaseException as exc:
+                if isinstance(exc, Exception):
+                    exc.partial = results  # type: ignore[attr-defined]
+                raise
+            if result is not None:
+                results.append(result)
+        return results
 
     async def invoke(self, spec: Spec, impl: Impl, kwargs: dict[str, Any]) -> Any:
         """Call one implementation with the arguments it names; check what it returns."""

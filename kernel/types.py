@@ -9,7 +9,10 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, AsyncIterator, Literal
 
 # The request lives in kernel/request.py; plugins import it from here with the other types.
@@ -157,6 +160,16 @@ class Escalation:
     cursor: int | None = None
 
 
+class Hold(ABC):
+    """What an ``admit`` plugin keeps for one attempt (a budget reservation, a token-window
+    entry), to be settled once the attempt has ended."""
+
+    @abstractmethod
+    async def done(self, attempt: "Attempt") -> None:
+        """The attempt ended: ``attempt.status``, ``usage`` and ``cost_usd`` are final (a failed
+        or cancelled attempt may still have cost something). Called exactly once."""
+
+
 @dataclass(slots=True)
 class Attempt:
     """One call to one model, as it happened."""
@@ -170,6 +183,8 @@ class Attempt:
     usage: Usage = field(default_factory=Usage)
     cost_usd: float = 0.0
     verdicts: list[Verdict] = field(default_factory=list)
+    holds: list[Hold] = field(default_factory=list, repr=False)
+    """What the ``admit`` plugins hold for this attempt until it ends; the kernel empties it."""
 
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "provider": self.provider, "status": self.status,
@@ -195,6 +210,24 @@ class Alert:
 
 _ID_PREFIX = os.urandom(6).hex()
 _id_counter = itertools.count(1)
+
+
+@dataclass(slots=True, frozen=True)
+class Caller:
+    """Who sent a request, as budgets and rate limits count it.
+
+    ``key`` is the gateway key's name (None without keys); ``user`` the end user (the request's
+    ``user`` field, else the frontend's user header, else the key's owner); ``team`` the key's
+    team.
+    """
+
+    key: str | None = None
+    user: str | None = None
+    team: str | None = None
+
+
+ANONYMOUS = Caller()
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 def new_request_id() -> str:
@@ -223,6 +256,14 @@ class Context:
     error: BaseException | None = None
     status: str = "pending"
     client: str | None = None
+    caller: Caller = ANONYMOUS
+    headers: Mapping[str, str] = field(default_factory=lambda: NO_HEADERS)
+    """Request metadata from the frontend, names in lower case (HTTP headers, minus
+    ``authorization``): ``cache-control``, ``x-turnout-user``, ... Sub-requests share their
+    parent's."""
+    response_headers: dict[str, str] = field(default_factory=dict)
+    """Headers plugins add to the answer (``x-turnout-cache``, ``x-ratelimit-*``); a frontend
+    sends them with the answer or the error. Sub-requests write to their root's."""
     parent: "Context | None" = None
     children: list["Context"] = field(default_factory=list)
     span: Any = None
@@ -332,6 +373,8 @@ class Answer:
     input_tokens: int
     output_tokens: int
     decision: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    """Headers the plugins added (``Context.response_headers``), for the frontend to send."""
 
     @property
     def content(self) -> str | None:
@@ -352,4 +395,5 @@ class Answer:
             strategy=ctx.plan.strategy if ctx.plan is not None else None,
             cost_usd=ctx.spend_usd, latency_s=ctx.latency_s, overhead_s=ctx.overhead_s,
             attempts=ctx.attempt_count, input_tokens=ctx.input_tokens,
-            output_tokens=ctx.output_tokens, decision=ctx.decision)
+            output_tokens=ctx.output_tokens, decision=ctx.decision,
+            headers=ctx.response_headers)

@@ -17,7 +17,7 @@ from turnout.kernel import errors, hookimpl
 from turnout.kernel.config import parse
 from turnout.kernel.kernel import Kernel
 from turnout.kernel.manager import PluginManager, hook_names
-from turnout.kernel.types import Alert
+from turnout.kernel.types import Alert, Caller
 
 from .fakes.server import serve
 from .gateway import running_gateway
@@ -89,6 +89,36 @@ async def test_guide_examples_work_in_the_pipeline() -> None:
     assert again.cached and again.content == "big one" and again.cost_usd == 0
     assert instances["SpendByClient"].spend["team-a"] == pytest.approx(first.cost_usd)
     assert [a.status for a in capped.attempts] == ["rejected", "rejected"]
+
+
+@pytest.mark.anyio
+async def test_the_in_flight_cap_refuses_a_third_concurrent_call_and_frees_its_slots() -> None:
+    class Slow(Scripted):
+        @hookimpl
+        async def call(self, ctx, step):
+            await anyio.sleep(0.2)
+            return await super().call(ctx, step)
+
+    config = {"providers": PROVIDER, "models": models(m=(1, 1))}
+    kernel, _ = guide_kernel(config, "InFlightCap")
+    kernel.plugins.register(Slow({"m": ["a", "b", "c"]}), name="slow")
+    cap = kernel.plugins.get("InFlightCap")
+    outcomes: list = []
+
+    async def one() -> None:
+        try:
+            outcomes.append((await kernel.ask(ask(model="m"), caller=Caller(key="ci"))).headers)
+        except errors.RateLimited as exc:
+            outcomes.append(exc.code)
+
+    async with kernel:
+        async with anyio.create_task_group() as tg:
+            for _ in range(3):
+                tg.start_soon(one)
+        assert cap.in_flight == {"ci": 0}
+        assert (await kernel.ask(ask(model="m"), caller=Caller(key="ci"))).content == "c"
+    assert sorted(map(str, outcomes)) == sorted(map(str, [{"x-in-flight-cap": "2"}] * 2
+                                                    + ["rate_limited"]))
 
 
 @pytest.mark.anyio
