@@ -163,6 +163,7 @@ class Kernel:
         self._route_validators: dict[str, list[tuple[str, Callable[..., Any]]]] = {}
         self._default_validators: list[tuple[str, Callable[..., Any]]] = []
         self._default_strategy_settings: dict[str, BaseModel] = {}
+        self._default_route_settings: dict[str, BaseModel] = {}
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -406,6 +407,23 @@ class Kernel:
     def route_config(self, route: str | None) -> Route:
         """The ``[routes.NAME]`` settings of ``route``; the defaults for anything else."""
         return self.config.routes.get(route or "") or DEFAULT_ROUTE
+
+    def route_settings(self, plugin: object | str, route: str | None) -> Any:
+        """A plugin's settings for ``route``: the keys its ``RouteSettings`` model declares,
+        from ``[routes.NAME]``, validated; the model's defaults for a route that sets none of
+        them (and for a model asked for by name). None for a plugin that declares no
+        ``RouteSettings``."""
+        name = plugin if isinstance(plugin, str) else self.plugins.name_of(plugin)
+        found = self.wiring.routes.get((route or "", name or ""))
+        if found is not None:
+            return found
+        model = self.wiring.route_models.get(name or "")
+        if model is None:
+            return None
+        default = self._default_route_settings.get(name)
+        if default is None:
+            default = self._default_route_settings[name] = model()
+        return default
 
     def strategy_settings(self, route: str | None, strategy: str) -> Any:
         """The strategy's validated settings for ``route`` (its defaults where none are set)."""

@@ -32,15 +32,20 @@ class Wiring:
     """Provider name -> its validated table."""
     strategies: dict[tuple[str, str], BaseModel] = field(default_factory=dict)
     """(route, strategy) -> the route's validated sub-table for that strategy."""
+    routes: dict[tuple[str, str], BaseModel] = field(default_factory=dict)
+    """(route, plugin) -> the plugin's keys of that route (its ``RouteSettings``), validated."""
+    route_models: dict[str, type[BaseModel]] = field(default_factory=dict)
+    """Plugin -> the ``RouteSettings`` model it declares."""
     store: BaseModel | None = None
     passthrough: frozenset[str] = frozenset()
     """Request fields some configured provider passes through (``passthrough_params``)."""
     problems: list[Problem] = field(default_factory=list)
 
 
-def settings_model(owner: Any) -> type[BaseModel] | None:
-    """The pydantic model a plugin, strategy or factory declares as ``Settings``, if any."""
-    model = getattr(owner, "Settings", None)
+def settings_model(owner: Any, attribute: str = "Settings") -> type[BaseModel] | None:
+    """The pydantic model a plugin, strategy or factory declares as ``Settings`` (or another
+    ``attribute``: ``RouteSettings``), if any."""
+    model = getattr(owner, attribute, None)
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
@@ -90,8 +95,21 @@ def wire(kernel: Kernel) -> Wiring:
     out.passthrough = frozenset(p for settings in out.providers.values()
                                 for p in getattr(settings, "passthrough_params", ()))
 
+    route_keys: dict[str, str] = {}  # a plugin's route key -> the plugin
+    for plugin_name, plugin in kernel.plugins.items():
+        model = settings_model(plugin, "RouteSettings")
+        if model is None:
+            continue
+        out.route_models[plugin_name] = model
+        for key in model.model_fields:
+            if key in route_keys:
+                out.problems.append((("routes",), f"plugins {route_keys[key]!r} and "
+                                     f"{plugin_name!r} both declare the route key {key!r}"))
+            route_keys[key] = plugin_name
+
     strategies, validators = kernel.strategies, kernel.validators
     for name, route in config.routes.items():
+        owned: dict[str, dict[str, Any]] = {p: {} for p in out.route_models}
         if route.strategy not in strategies:
             out.problems.append((("routes", name, "strategy"), f"unknown strategy "
                                  f"{route.strategy!r}; registered: {strategies.known()}"))
@@ -100,14 +118,22 @@ def wire(kernel: Kernel) -> Wiring:
                 out.problems.append((("routes", name, "validators"), f"unknown validator {v!r}; "
                                      f"registered: {validators.known()}"))
         for key, raw in (route.model_extra or {}).items():
+            if key in route_keys:
+                owned[route_keys[key]][key] = raw
+                continue
             strategy = strategies.get(key)
             if strategy is None:
+                plugin_keys = ", ".join(sorted(route_keys)) or "none"
                 out.problems.append((("routes", name, key), "unknown key; a route takes its own "
-                                     "keys and one sub-table per registered strategy "
+                                     "keys, the keys plugins declare for routes "
+                                     f"({plugin_keys}) and one sub-table per registered strategy "
                                      f"({strategies.known()})"))
                 continue
             validate(settings_model(strategy) or NoSettings, raw, ("routes", name, key),
                      lambda v, k=(name, key): out.strategies.__setitem__(k, v))
+        for plugin_name, raw in owned.items():
+            validate(out.route_models[plugin_name], raw, ("routes", name),
+                     lambda v, k=(name, plugin_name): out.routes.__setitem__(k, v))
 
     backend = config.state.backend
     factory = kernel.store_backends.get(backend)

@@ -205,3 +205,51 @@ async def test_waits_on_concurrent_sub_requests_count_once_as_provider_time() ->
     # Two sub-requests of 0.3 s each, side by side: 0.3 s of waiting, counted once.
     assert 0.3 <= parent.upstream_s <= parent.latency_s
     assert parent.overhead_s == pytest.approx(parent.latency_s - parent.upstream_s)
+
+
+async def test_route_settings_a_plugin_declares_are_keys_of_every_route() -> None:
+    from pydantic import BaseModel, ConfigDict, Field
+
+    from turnout.kernel.config import parse
+    from turnout.kernel.errors import ConfigError
+    from turnout.kernel.kernel import Kernel
+
+    from .support import ROUTING
+
+    class Memo(BaseModel):
+        """Test route settings."""
+
+        model_config = ConfigDict(extra="forbid")
+        memo: str = Field(default="off")
+
+    class Memoiser:
+        name = "memoiser"
+        RouteSettings = Memo
+
+    class Rival:
+        name = "rival"
+        RouteSettings = Memo
+
+    models = {"m": {"provider": "p"}}
+    providers = {"p": {"kind": "openai-compatible", "base_url": "http://127.0.0.1:9/v1"}}
+    routes = {"a": {"models": ["m"], "memo": "on"}, "b": {"models": ["m"]}}
+    kernel = Kernel(parse({"providers": providers, "models": models, "routes": routes},
+                          source="test"), builtins=ROUTING)
+    plugin = Memoiser()
+    kernel.plugins.register(plugin)
+    kernel.load_plugins()
+    assert kernel.route_settings(plugin, "a").memo == "on"
+    assert kernel.route_settings("memoiser", "b").memo == "off"
+    assert kernel.route_settings(plugin, None).memo == "off"  # a model asked for by name
+    assert kernel.route_settings("rules_router", "a") is None
+
+    bad = Kernel(parse({"providers": providers, "models": models,
+                        "routes": {"a": {"models": ["m"], "memo": 3,
+                                         "other": 1}}}, source="test"), builtins=ROUTING)
+    bad.plugins.register(Memoiser())
+    bad.plugins.register(Rival())
+    with pytest.raises(ConfigError) as info:
+        bad.load_plugins()
+    assert "routes.a.memo: Input should be a valid string" in str(info.value)
+    assert "routes.a.other: unknown key" in str(info.value) and "(memo)" in str(info.value)
+    assert "plugins 'memoiser' and 'rival' both declare the route key 'memo'" in str(info.value)
