@@ -49,6 +49,11 @@ class ApiKey(Section):
     key: SecretStr | None = Field(
         default=None,
         description="The key itself, usually as ${ENV}; only its digest is compared.")
+    user: str | None = Field(default=None, description="The user this key's requests count "
+                             "against (user budgets and rate limits) when the request names "
+                             "none in its 'user' field or the x-turnout-user header.")
+    team: str | None = Field(default=None, description="The team this key's requests count "
+                             "against (team budgets and rate limits).")
 
     @model_validator(mode="after")
     def _one_of(self) -> "ApiKey":

@@ -32,7 +32,8 @@ from turnout.kernel.errors import (
     clip,
 )
 from turnout.kernel.kernel import AUTO, AnswerStream, Kernel
-from turnout.kernel.types import Answer, ChatRequest, new_request_id
+from turnout.kernel.config import ApiKey
+from turnout.kernel.types import Answer, Caller, ChatRequest, new_request_id
 
 from .auth import KeyRing
 from .parse import parse_request
@@ -42,6 +43,13 @@ log = structlog.get_logger("turnout.http")
 
 EXPLAIN_HEADER = "x-turnout-explain"
 """Request header: when set to 1, the response carries the decision record in x-turnout-decision."""
+
+USER_HEADER = "x-turnout-user"
+"""Request header naming the end user (budgets and rate limits by user) when the body's ``user``
+field does not."""
+
+PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+"""Request headers never handed to plugins (``ctx.headers``)."""
 
 
 def error_response(error: TurnoutError, request_id: str | None = None,
@@ -114,6 +122,7 @@ def answer_headers(answer: Answer, explain: bool) -> dict[str, str]:
         "x-turnout-strategy": answer.strategy or "",
         "x-turnout-attempts": str(answer.attempts),
         COST_HEADER: f"{answer.cost_usd:.8f}",
+        **answer.headers,
     }
     if explain:
         headers["x-turnout-decision"] = orjson.dumps(answer.decision, default=str).decode()
@@ -134,13 +143,20 @@ class Gateway:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         explain = http.headers.get(EXPLAIN_HEADER) == "1"
         try:
-            client = self.authenticate(http)
+            key = self.authenticate(http)
             request = await self._parse(http)
+            headers = {name: value for name, value in http.headers.items()
+                       if name not in PRIVATE_HEADERS}
+            caller = Caller(key=key.name if key else None,
+                            user=request.user or headers.get(USER_HEADER)
+                            or (key.user if key else None),
+                            team=key.team if key else None)
             if request.stream:
-                chunks = await self.kernel.ask_stream(request, client=client,
+                chunks = await self.kernel.ask_stream(request, caller=caller, headers=headers,
                                                       request_id=request_id)
                 return self._event_stream(request, chunks, explain)
-            answer = await self.kernel.ask(request, client=client, request_id=request_id)
+            answer = await self.kernel.ask(request, caller=caller, headers=headers,
+                                           request_id=request_id)
         except TurnoutError as exc:
             account = getattr(exc, "answer", None)
             return error_response(exc, request_id,
@@ -150,8 +166,8 @@ class Gateway:
         return Response(completion_json(request_id, answer.completion),
                         media_type="application/json", headers=answer_headers(answer, explain))
 
-    def authenticate(self, http: Request) -> str | None:
-        """The key holder's name; a failure is logged (why, from where, never the key) and
+    def authenticate(self, http: Request) -> ApiKey | None:
+        """The key that was sent (None when the gateway needs none); a failure is logged (why, from where, never the key) and
         counted (``kernel.counters["auth_failed"]``) before it is raised."""
         try:
             return self.keys.check(http.headers.get("authorization"))

@@ -27,7 +27,7 @@ class KeyRing:
     """Checks ``Authorization: Bearer KEY`` against the configured key digests."""
 
     def __init__(self, keys: list[ApiKey]) -> None:
-        self.keys = [(k.name, bytes.fromhex(k.digest())) for k in keys]
+        self.keys = [(k, bytes.fromhex(k.digest())) for k in keys]
         self._unseen = {i for i, k in enumerate(keys) if k.key is None}
         """Keys configured only by digest whose token has not authenticated yet (so is not
         registered for masking yet)."""
@@ -40,9 +40,10 @@ class KeyRing:
         """True when no keys are configured: requests need no key (loopback only)."""
         return not self.keys
 
-    def check(self, authorization: str | None) -> str | None:
-        """The key holder's name; raises AuthenticationFailed for a missing or wrong key. The
-        error never quotes what was sent."""
+    def check(self, authorization: str | None) -> ApiKey | None:
+        """The key that was sent (None when no keys are configured); raises
+        AuthenticationFailed for a missing or wrong key. The error never quotes what was
+        sent."""
         if self.open:
             return None
         if not authorization:
@@ -56,9 +57,9 @@ class KeyRing:
         digest = hashlib.sha256(token.encode()).digest()
         holder = None
         index = -1
-        for i, (name, stored) in enumerate(self.keys):  # no early exit: time does not depend on which key
+        for i, (key, stored) in enumerate(self.keys):  # no early exit: time does not depend on which key
             if hmac.compare_digest(digest, stored):
-                holder, index = name, i
+                holder, index = key, i
         if holder is None:
             raise AuthenticationFailed("Incorrect API key provided.")
         if index in self._unseen:
