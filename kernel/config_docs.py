@@ -12,7 +12,7 @@ from __future__ import annotations
 import typing
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel
+from pydantic import BaseModel, RootModel
 from pydantic_core import PydanticUndefined
 
 from .config import Config, Logging, Model, Plugins, Route, Routing, Server, StateSection
@@ -50,8 +50,15 @@ def sections(kernel: Kernel) -> list[tuple[str, type[BaseModel]]]:
             out.append((f'[state] backend = "{backend}"', model))
     for name, plugin in kernel.plugins.items():
         model = getattr(plugin, "Settings", None)
-        if isinstance(model, type) and issubclass(model, BaseModel):
+        if isinstance(model, type) and issubclass(model, RootModel):
+            item = _inner_model(model.model_fields["root"].annotation)
+            if item is not None:  # a list of tables: [[budgets]]
+                out.append((f"[[{name}]]", item))
+        elif isinstance(model, type) and issubclass(model, BaseModel):
             out.append((f"[{name}]", model))
+        model = getattr(plugin, "RouteSettings", None)
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            out.append((f"[routes.NAME] keys of the {name} plugin", model))
     expanded: list[tuple[str, type[BaseModel]]] = []
     for title, model in out:
         for section in [(title, model), *_nested(title, model)]:

@@ -209,7 +209,7 @@ class BudgetExceeded(TurnoutError):
     """A budget would be exceeded by this request (429)."""
 
     status = 429
-    type = "insufficient_quota"
+    type = "budget_exceeded"
     code = "budget_exceeded"
 
 

@@ -71,6 +71,8 @@ BUILTINS = {
     "fit": "turnout.plugins.fit",
     "fallback": "turnout.plugins.fallback:Fallback",
     "json_validator": "turnout.plugins.json_validator",
+    "budgets": "turnout.plugins.budgets:Budgets",
+    "rate_limits": "turnout.plugins.rate_limits:RateLimits",
     "record": "turnout.plugins.sqlite_recorder:SQLiteRecorder",
     "request_log": "turnout.plugins.request_log",
     "log_alerts": "turnout.plugins.log_alerts",
@@ -217,6 +219,7 @@ class Kernel:
                                   f"{type(exc).__name__}: {exc}") from None
         backend = self.config.state.backend
         self.store = self.store_backends[backend](self.wiring.store)
+        await self.store.check()
         # Plugins install a tracer provider at startup (the telemetry plugin does); without one,
         # spans would be no-ops, so the kernel skips creating them at all.
         self.tracing = not isinstance(trace.get_tracer_provider(),

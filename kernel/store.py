@@ -190,5 +190,9 @@ class Store(ABC):
 
     # --- lifetime -----------------------------------------------------------------------------
 
+    async def check(self) -> None:  # noqa: B027 - optional hook, deliberately not abstract
+        """Raise :class:`StoreError` when the store cannot be used, saying where it was looked for
+        and how to start it; the gateway calls it at start. The default does nothing."""
+
     async def aclose(self) -> None:  # noqa: B027 - optional hook, deliberately not abstract
         """Release connections and background resources. The default does nothing."""

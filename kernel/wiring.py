@@ -56,7 +56,7 @@ def wire(kernel: Kernel) -> Wiring:
 
     def validate(model: type[BaseModel], raw: Any, where: tuple, keep: Callable) -> None:
         try:
-            value = model.model_validate(raw if raw is not None else {})
+            value = model() if raw is None else model.model_validate(raw)
         except ValidationError as exc:
             out.problems.extend(validation_problems(exc, where))
             return

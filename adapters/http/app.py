@@ -18,6 +18,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from turnout.kernel.config import ApiKey
 from turnout.kernel.errors import (
     AuthenticationFailed,
     BodyTooLarge,
@@ -32,7 +33,6 @@ from turnout.kernel.errors import (
     clip,
 )
 from turnout.kernel.kernel import AUTO, AnswerStream, Kernel
-from turnout.kernel.config import ApiKey
 from turnout.kernel.types import Answer, Caller, ChatRequest, new_request_id
 
 from .auth import KeyRing
@@ -167,8 +167,9 @@ class Gateway:
                         media_type="application/json", headers=answer_headers(answer, explain))
 
     def authenticate(self, http: Request) -> ApiKey | None:
-        """The key that was sent (None when the gateway needs none); a failure is logged (why, from where, never the key) and
-        counted (``kernel.counters["auth_failed"]``) before it is raised."""
+        """The key that was sent (None when the gateway needs none); a failure is logged (why,
+        from where, never the key) and counted (``kernel.counters["auth_failed"]``) before it is
+        raised."""
         try:
             return self.keys.check(http.headers.get("authorization"))
         except AuthenticationFailed as exc:

@@ -293,6 +293,8 @@ class RedisStore(Store):
         try:
             if script == "release":
                 return await self._redis.hdel(keys[0], *args)
+            if script == "ping":
+                return await self._redis.ping()
             return await self._scripts[script](keys=list(keys), args=list(args))
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise StoreError(
@@ -383,6 +385,10 @@ class RedisStore(Store):
         await self._run("unlock", [self._key("lock", key)], token)
 
     # --- lifetime ---------------------------------------------------------------------------------
+
+    async def check(self) -> None:
+        """Ping the server: a StoreError saying where Redis was looked for and how to start it."""
+        await self._run("ping", [])
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -1,0 +1,291 @@
+"""Budgets: spend limits in US dollars per key, user, team, model, route or globally, over a
+calendar window (UTC), held exactly across replicas by reserving before every attempt.
+
+```toml
+[[budgets]]
+scope = "key"            # key | user | team | model | route | global
+match = "ci"             # the key's name, user id, team, model or route; omitted for global
+limit_usd = 5.0
+window = "day"           # minute | hour | day | month | total
+```
+
+**Reserve, then settle.** Before every attempt (retries, fallbacks, sub-requests' and cache hits
+included) the attempt's worst-case cost is reserved on each budget that applies: the prompt's
+tokens, counted, plus the request's ``max_tokens`` (else the model's ``max_output_tokens``, else
+what is left of its context window), at the model's prices. The reservation is one atomic step in
+the shared store, admitted only while settled spend + live reservations + this one stay within the
+limit, so N replicas admit exactly what one would. When the attempt ends, each reservation is
+settled to the attempt's real cost (from the provider's usage) or released when it cost nothing.
+A replica that dies holding a reservation loses it after ``server.request_timeout_s`` plus a
+minute. A refusal is an OpenAI-style 429, ``type: "budget_exceeded"``,
+``code: "budget_exceeded"``, naming the budget, its limit, its spend and when it resets.
+
+**Thresholds.** When settled spend crosses a threshold (``thresholds``, default 50%, 80% and
+100%) the ``budget_threshold`` alert fires, once per budget, window and threshold across all
+replicas (a lock in the store that lasts the window). A refusal fires the 100% alert too.
+
+**Routers see what is left.** ``classify`` labels each request with ``budget_left`` (the
+smallest fraction left among the key, user, team, route and global budgets that apply, 0 to 1)
+and ``budget_left_usd``, so a routing rule can send requests to a cheaper route as a budget runs
+low (``when = { budget_left = "< 0.2" }``); ``filter_candidates`` drops the models whose
+worst-case cost no longer fits (while one that fits is left), and models whose own budget is
+spent.
+
+Keys in the store: ``budget:<scope>:<value>:<window id>`` (a ledger), and
+``budget-alert:<ledger>:<threshold>`` (a lock).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+import uuid
+from typing import Literal
+
+import structlog
+from pydantic import Field
+
+from turnout.kernel import tokens
+from turnout.kernel.errors import BudgetExceeded
+from turnout.kernel.hookspecs import hookimpl
+from turnout.kernel.store import Reservation, Store
+from turnout.kernel.types import Alert, Attempt, Context, Hold, ModelProfile, Step, Usage
+
+from .scopes import REQUEST_SCOPES, ScopedRule, rule_list
+
+log = structlog.get_logger("turnout.budgets")
+
+Window = Literal["minute", "hour", "day", "month", "total"]
+
+RESERVATION_GRACE_S = 60.0
+"""How much longer than ``server.request_timeout_s`` an unsettled reservation counts."""
+
+
+class Budget(ScopedRule):
+    """One ``[[budgets]]`` entry: a spend limit over a window."""
+
+    limit_usd: float = Field(ge=0, description="Most that may be spent in one window, in US "
+                             "dollars (reserved worst case first, settled to the real cost).")
+    window: Window = Field(default="day", description="The window spend is counted over, in "
+                           "UTC calendar terms: 'minute', 'hour', 'day', 'month', or 'total' "
+                           "(never resets).")
+    thresholds: list[float] = Field(default=[0.5, 0.8, 1.0], description="Fractions of the "
+                                    "limit at which the budget_threshold alert fires, once per "
+                                    "window.")
+
+
+BudgetList = rule_list(Budget, "Budgets: ``[[budgets]]`` entries, each a spend limit over a "
+                               "window for a key, user, team, model, route or everything.")
+
+
+def window_bounds(window: Window, now: float) -> tuple[str, float | None]:
+    """The id of the window ``now`` falls in and when it ends (None for ``total``), in UTC."""
+    if window == "total":
+        return "total", None
+    if window == "month":
+        day = dt.datetime.fromtimestamp(now, dt.timezone.utc)
+        start = day.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        end = (start + dt.timedelta(days=32)).replace(day=1)
+        return start.strftime("%Y-%m"), end.timestamp()
+    length = {"minute": 60, "hour": 3600, "day": 86400}[window]
+    start = math.floor(now / length) * length
+    stamp = dt.datetime.fromtimestamp(start, dt.timezone.utc)
+    return stamp.strftime({"minute": "%Y-%m-%dT%H:%M", "hour": "%Y-%m-%dT%H",
+                           "day": "%Y-%m-%d"}[window]), float(start + length)
+
+
+def worst_case_cost(ctx: Context, model: ModelProfile) -> float:
+    """The most an attempt on ``model`` can cost: the counted prompt, plus the request's output
+    cap (else the model's, else the rest of its context window), at the model's prices."""
+    prompt = tokens.prompt_tokens(ctx)
+    output = ctx.request.output_limit or model.max_output_tokens \
+        or max(model.context_window - prompt, 0)
+    return model.cost(Usage(prompt, output))
+
+
+def _when(timestamp: float | None) -> str:
+    if timestamp is None:
+        return "never (a total budget)"
+    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Budgets:
+    """The ``budgets`` plugin: reserve on ``admit``, settle when the attempt ends."""
+
+    name = "budgets"
+    Settings = BudgetList
+
+    def __init__(self) -> None:
+        self.rules: list[Budget] = []
+        self.store: Store | None = None
+        self.ttl_s = 600.0 + RESERVATION_GRACE_S
+        self.alerted: set[tuple[str, float]] = set()
+        """(ledger, threshold) pairs this process knows have alerted: no store call again."""
+        self.kernel = None
+
+    @hookimpl
+    def startup(self, kernel) -> None:
+        self.kernel = kernel
+        self.rules = list(kernel.plugin_settings(self) or ())
+        self.ttl_s = kernel.config.server.request_timeout_s + RESERVATION_GRACE_S
+
+    def _ledgers(self, ctx: Context, step: Step, scopes: frozenset[str] | None = None,
+                 now: float | None = None) -> list[tuple[Budget, str, str, float | None]]:
+        """(budget, ledger key, value, reset time) of every budget that applies."""
+        found = []
+        now = time.time() if now is None else now
+        for rule in self.rules:
+            if scopes is not None and rule.scope not in scopes:
+                continue
+            value = rule.value(ctx, step)
+            if value is None:
+                continue
+            window, reset = window_bounds(rule.window, now)
+            found.append((rule, f"budget:{rule.scope}:{value}:{window}", value, reset))
+        return found
+
+    # --- routers see what is left ---------------------------------------------------------------
+
+    @hookimpl
+    async def classify(self, ctx: Context) -> dict | None:
+        if not self.rules:
+            return None
+        store = self.kernel.store
+        left: float | None = None
+        left_usd: float | None = None
+        for rule, ledger, _, _ in self._ledgers(ctx, _NO_STEP, REQUEST_SCOPES):
+            remaining = max(rule.limit_usd - await store.ledger_total(ledger), 0.0)
+            fraction = remaining / rule.limit_usd if rule.limit_usd else 0.0
+            if left is None or fraction < left:
+                left = fraction
+            if left_usd is None or remaining < left_usd:
+                left_usd = remaining
+        if left is None:
+            return None
+        return {"budget_left": round(left, 6), "budget_left_usd": left_usd}
+
+    @hookimpl
+    async def filter_candidates(self, ctx: Context) -> None:
+        if not self.rules or not ctx.candidates:
+            return
+        left = ctx.labels.get("budget_left_usd")
+        store = self.kernel.store
+        keep: list[tuple[ModelProfile, str]] = []
+        for model in ctx.candidates:
+            cost = worst_case_cost(ctx, model)
+            reason = ""
+            if left is not None and cost > left:
+                reason = f"worst case ${cost:.6f} over the ${left:.6f} budget left"
+            for rule, ledger, value, _ in self._ledgers(ctx, Step(model), frozenset({"model"})):
+                if cost + await store.ledger_total(ledger) > rule.limit_usd:
+                    reason = f"budget of {rule.label(value)} spent"
+            keep.append((model, reason))
+        if all(reason for _, reason in keep):
+            return  # nothing fits: admit refuses with the budget's own 429
+        for model, reason in keep:
+            if reason:
+                ctx.drop(model, reason)
+
+    # --- reserve, then settle -------------------------------------------------------------------
+
+    @hookimpl
+    async def admit(self, ctx: Context, step: Step) -> Hold | None:
+        if not self.rules:
+            return None
+        ledgers = self._ledgers(ctx, step)
+        if not ledgers:
+            return None
+        store = self.kernel.store
+        cost = worst_case_cost(ctx, step.model)
+        held = BudgetHold(self, [])
+        for rule, ledger, value, reset in ledgers:
+            try:
+                reservation = await store.reserve(ledger, cost, limit=rule.limit_usd,
+                                                  ttl_s=self.ttl_s)
+            except BaseException:
+                await held.release()
+                raise
+            if reservation is None:
+                await held.release()
+                spent = await store.ledger_total(ledger)
+                await self._threshold(rule, ledger, value, 1.0, spent)
+                raise BudgetExceeded(
+                    f"Budget exceeded: the {rule.window} budget of {rule.label(value)} is "
+                    f"${rule.limit_usd:g}; ${spent:.6f} is spent or reserved, and this request "
+                    f"may cost up to ${cost:.6f}. It resets at {_when(reset)}.")
+            held.entries.append((rule, ledger, value, reservation))
+        return held
+
+    async def _threshold(self, rule: Budget, ledger: str, value: str, reached: float,
+                         spent: float) -> None:
+        """Fire the alert for each threshold ``reached`` (a fraction) has crossed, once per
+        window across replicas."""
+        for threshold in sorted(rule.thresholds):
+            if reached + 1e-9 < threshold or (ledger, threshold) in self.alerted:
+                continue
+            self.alerted.add((ledger, threshold))
+            _, reset = window_bounds(rule.window, time.time())
+            ttl = max((reset - time.time()) if reset else 366 * 86400.0, 1.0) + 60
+            first = await self.kernel.store.try_lock(f"budget-alert:{ledger}:{threshold:g}",
+                                                     uuid.uuid4().hex, ttl)
+            if not first:
+                continue
+            await self.kernel.alert(Alert(
+                "budget_threshold", "critical" if threshold >= 1 else "warning",
+                f"{threshold:.0%} of the {rule.window} budget of {rule.label(value)} is spent: "
+                f"${spent:.4f} of ${rule.limit_usd:g}",
+                labels={"scope": rule.scope, "match": value, "window": rule.window,
+                        "threshold": f"{threshold:g}"}))
+
+    async def settled(self, rule: Budget, ledger: str, value: str, total: float) -> None:
+        """A reservation was settled and the ledger's settled total is ``total``."""
+        if rule.limit_usd > 0:
+            await self._threshold(rule, ledger, value, total / rule.limit_usd, total)
+
+    async def remaining(self) -> list[dict]:
+        """Every budget's spend in its current window (for the metrics), one entry per budget
+        with a ``match`` or the global one (per-value budgets have no single figure)."""
+        out = []
+        now = time.time()
+        for rule in self.rules:
+            if rule.scope != "global" and rule.match is None:
+                continue
+            value = rule.match or "*"
+            window, _ = window_bounds(rule.window, now)
+            spent = await self.kernel.store.ledger_total(f"budget:{rule.scope}:{value}:{window}")
+            out.append({"scope": rule.scope, "match": rule.match or "", "window": rule.window,
+                        "limit_usd": rule.limit_usd, "spent_usd": spent})
+        return out
+
+
+_NO_STEP = Step(ModelProfile(name="", provider="", upstream=""))
+"""Stands in for the step when only request-wide budgets are looked at."""
+
+
+class BudgetHold(Hold):
+    """An attempt's reservations, one per budget that applies."""
+
+    __slots__ = ("plugin", "entries")
+
+    def __init__(self, plugin: Budgets,
+                 entries: list[tuple[Budget, str, str, Reservation]]) -> None:
+        self.plugin, self.entries = plugin, entries
+
+    async def release(self) -> None:
+        store = self.plugin.kernel.store
+        for *_, reservation in self.entries:
+            await store.release(reservation)
+        self.entries = []
+
+    async def done(self, attempt: Attempt) -> None:
+        """Settle to the attempt's real cost, or release when it cost nothing."""
+        if attempt.cost_usd <= 0:
+            await self.release()
+            return
+        store = self.plugin.kernel.store
+        for rule, ledger, value, reservation in self.entries:
+            total = await store.settle(reservation, attempt.cost_usd)
+            await self.plugin.settled(rule, ledger, value, total)
+        self.entries = []
+

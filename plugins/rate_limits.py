@@ -1,0 +1,160 @@
+"""Rate limits: requests and tokens per minute per key, user, team, route or globally, and per
+model (to stay under a provider's own limits), over sliding one-minute windows in the shared
+store, exact across replicas.
+
+```toml
+[[rate_limits]]
+scope = "key"            # key | user | team | model | route | global
+match = "ci"             # omitted: each key (user, team...) gets its own limit
+rpm = 60
+tpm = 100000
+```
+
+**What counts.** ``rpm``: a request counts once against the key, user, team, route and global
+limits, at its first attempt (retries, fallbacks and sub-requests are the same request); a
+``model`` limit counts every call of that model, since each is a request its provider sees.
+``tpm``: every call's tokens count, against every limit that applies: the prompt's (counted)
+when the call is admitted, the answer's when it ends. Every count is one atomic step in the
+store, admitted only while the last 60 seconds' total plus it stays within the limit.
+
+**Refusal.** An OpenAI-style 429 (``type: "rate_limit_error"``, ``code: "rate_limited"``) with
+``Retry-After``: the seconds until enough of the window has passed. Answers and refusals carry
+OpenAI's ``x-ratelimit-*`` headers for the tightest limit that applies:
+``x-ratelimit-limit-requests``, ``x-ratelimit-remaining-requests``,
+``x-ratelimit-reset-requests`` and the same for ``-tokens``.
+
+A request refused by one limit has already counted against the limits checked before it (each
+is its own atomic step); it is at most one request too many on those, never a request admitted
+over a limit. Keys in the store: ``ratelimit:<rpm|tpm>:<scope>:<value>`` (sliding windows).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from turnout.kernel import tokens
+from turnout.kernel.errors import RateLimited
+from turnout.kernel.hookspecs import hookimpl
+from turnout.kernel.store import Store
+from turnout.kernel.types import Attempt, Context, Hold, Step
+
+from .scopes import REQUEST_SCOPES, ScopedRule, rule_list
+
+WINDOW_S = 60.0
+"""The sliding window every limit is counted over."""
+
+COUNTED = "rate_limits.counted"
+"""Key in the root request's ``state``: its request-wide limits have been counted."""
+
+
+class RateLimit(ScopedRule):
+    """One ``[[rate_limits]]`` entry: requests and/or tokens per minute."""
+
+    rpm: int | None = Field(default=None, ge=1, description="Most requests in any 60 seconds "
+                            "(for 'model': calls of the model).")
+    tpm: int | None = Field(default=None, ge=1, description="Most tokens, prompt and answer, in "
+                            "any 60 seconds.")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> "RateLimit":
+        if self.rpm is None and self.tpm is None:
+            raise ValueError("give 'rpm', 'tpm' or both")
+        return self
+
+
+RateLimitList = rule_list(RateLimit, "Rate limits: ``[[rate_limits]]`` entries, each requests "
+                                     "and tokens per minute for a key, user, team, model, route "
+                                     "or everything.")
+
+
+def _reset(seconds: float | None) -> str:
+    """A reset delay the way OpenAI's ``x-ratelimit-reset-*`` headers write it (``1.5s``)."""
+    return f"{max(seconds or 0.0, 0.0):.3g}s"
+
+
+class RateLimits:
+    """The ``rate_limits`` plugin: counts on ``admit``, adds answer tokens when it ends."""
+
+    name = "rate_limits"
+    Settings = RateLimitList
+
+    def __init__(self) -> None:
+        self.rules: list[RateLimit] = []
+        self.kernel = None
+
+    @hookimpl
+    def startup(self, kernel) -> None:
+        self.kernel = kernel
+        self.rules = list(kernel.plugin_settings(self) or ())
+
+    @hookimpl
+    async def admit(self, ctx: Context, step: Step) -> Hold | None:
+        if not self.rules:
+            return None
+        root = ctx.root
+        whole_request = COUNTED not in root.state
+        root.state[COUNTED] = True
+        store: Store = self.kernel.store
+        prompt = tokens.prompt_tokens(ctx)
+        token_keys: list[str] = []
+        tightest: dict[str, tuple[float, int, float]] = {}
+        for rule in self.rules:
+            value = rule.value(ctx, step)
+            if value is None:
+                continue
+            once = rule.scope in REQUEST_SCOPES
+            for unit, limit, amount in (("requests", rule.rpm, 1.0),
+                                        ("tokens", rule.tpm, float(prompt))):
+                if limit is None or (unit == "requests" and once and not whole_request):
+                    continue  # a request counts once; its every call's tokens count
+                key = f"ratelimit:{'rpm' if unit == 'requests' else 'tpm'}:{rule.scope}:{value}"
+                result = await store.window_add(key, amount, window_s=WINDOW_S, limit=limit)
+                remaining = limit - result.total
+                if not result.admitted:
+                    _headers(ctx, {unit: (0, limit, result.retry_after_s or WINDOW_S)})
+                    raise RateLimited(_refusal(rule, value, unit, limit, amount, result),
+                                      retry_after=result.retry_after_s)
+                if unit == "tokens":
+                    token_keys.append(key)
+                if unit not in tightest or remaining < tightest[unit][0]:
+                    tightest[unit] = (remaining, limit, WINDOW_S)
+        _headers(ctx, tightest)
+        return TokenHold(store, token_keys, prompt) if token_keys else None
+
+
+def _refusal(rule: RateLimit, value: str, unit: str, limit: int, amount: float, result) -> str:
+    what = "requests" if unit == "requests" else "tokens"
+    if result.retry_after_s is None:
+        return (f"Rate limit of {rule.label(value)}: this request's {amount:g} prompt tokens "
+                f"exceed the {limit} {what} per minute allowed; shorten it or raise the limit.")
+    return (f"Rate limit reached for {rule.label(value)}: {limit} {what} per minute. "
+            f"Retry after {result.retry_after_s:.1f} s.")
+
+
+def _headers(ctx: Context, tightest: dict) -> None:
+    """Say the tightest limit per unit in the answer's headers, unless an earlier attempt of the
+    request already named a tighter one."""
+    headers = ctx.root.response_headers
+    for unit, (remaining, limit, reset) in tightest.items():
+        before = headers.get(f"x-ratelimit-remaining-{unit}")
+        if before is not None and int(before) < remaining:
+            continue
+        headers[f"x-ratelimit-limit-{unit}"] = str(limit)
+        headers[f"x-ratelimit-remaining-{unit}"] = str(max(int(remaining), 0))
+        headers[f"x-ratelimit-reset-{unit}"] = _reset(reset)
+
+
+class TokenHold(Hold):
+    """Adds an attempt's answer tokens (and any prompt tokens beyond the count) to the token
+    windows it was admitted on; never refused, since the call has happened."""
+
+    __slots__ = ("store", "keys", "counted")
+
+    def __init__(self, store: Store, keys: list[str], counted: int) -> None:
+        self.store, self.keys, self.counted = store, keys, counted
+
+    async def done(self, attempt: Attempt) -> None:
+        more = attempt.usage.output_tokens + max(attempt.usage.input_tokens - self.counted, 0)
+        if more > 0:
+            for key in self.keys:
+                await self.store.window_add(key, float(more), window_s=WINDOW_S)
