@@ -77,6 +77,7 @@ BUILTINS = {
     "request_log": "turnout.plugins.request_log",
     "log_alerts": "turnout.plugins.log_alerts",
     "telemetry": "turnout.plugins.telemetry:Telemetry",
+    "metrics": "turnout.plugins.metrics:Metrics",
     "providers": "turnout.adapters.providers",
     "simulation": "turnout.adapters.simulated.plugin:Simulation",
     "stores": "turnout.adapters.stores",
