@@ -120,7 +120,7 @@ def check(path: str) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from turnout.adapters.http import create_app
+    from turnout.adapters.http.app import Served
     from turnout.adapters.http.server import serve as serve_http
     from turnout.kernel.kernel import Kernel
     from turnout.kernel.observability import configure_logging
@@ -141,7 +141,7 @@ def serve(args: argparse.Namespace) -> int:
           f"({config.source}); {note}", file=sys.stderr, flush=True)
     # uvicorn with the edge's limits (server.header_timeout_s, max_connections, ...): see
     # adapters/http/server.py for what uvicorn lacks and how it is added.
-    serve_http(create_app(kernel), server)
+    serve_http(Served(kernel), server)
     return 0
 
 

@@ -7,6 +7,7 @@ out-of-range input is refused with a 4xx before any upstream is called.
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import AsyncIterator
 
 import anyio
@@ -282,3 +283,30 @@ def create_app(kernel: Kernel, *, manage_kernel: bool = True) -> Starlette:
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,
     )
+
+
+class Served:
+    """The app as ``turnout serve`` runs it: the kernel starts and stops with the server, and a
+    start that fails (a store or database down, a provider that cannot be built) is said in one
+    line on standard error, with what to do, instead of a traceback; the server then exits."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.app = create_app(kernel, manage_kernel=False)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        await receive()  # lifespan.startup
+        try:
+            await self.kernel.start()
+        except TurnoutError as exc:
+            print(f"turnout: cannot start: {exc.message}", file=sys.stderr, flush=True)
+            await self.kernel.stop()
+            await send({"type": "lifespan.startup.failed", "message": ""})
+            return
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        await self.kernel.stop()
+        await send({"type": "lifespan.shutdown.complete"})
