@@ -6,6 +6,13 @@ then drives both with one httpx client: sequential requests (concurrency 1) for 
 upstream when it is installed (``pip install 'litellm[proxy]'``; run offline with
 ``LITELLM_LOCAL_MODEL_COST_MAP=True``).
 
+``--state redis`` measures the gateway with shared state at work: a global budget and a global rate
+limit in Redis (reserved, settled and counted on every request), the cache asked on every request
+(each request is a distinct ``temperature: 0`` prompt, so every one is a cacheable miss: a lookup,
+a single-flight lock, and a store of the answer) and the request log in PostgreSQL. The run's
+Redis keys and PostgreSQL schema are removed after. Without it: the embedded default (in-process
+state, SQLite), no budget, rate limit or cacheable request.
+
 The last line of output is one JSON object with the figures.
 """
 
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -84,13 +92,27 @@ def rss_mb(pid: int) -> float:
     return round(total / 1024, 1)
 
 
-async def drive(url: str, headers: dict, concurrency: int, requests: int) -> dict:
+BODIES = itertools.count()
+
+
+def body(distinct: bool) -> dict:
+    """The request: always the same, or (``distinct``) a new ``temperature: 0`` prompt each time,
+    which a cache must look up and store but never finds."""
+    if not distinct:
+        return BODY
+    n = next(BODIES)
+    return {**BODY, "temperature": 0,
+            "messages": [{"role": "user", "content": f"What is the answer to everything? #{n}"}]}
+
+
+async def drive(url: str, headers: dict, concurrency: int, requests: int,
+                distinct: bool = False) -> dict:
     """Send ``requests`` requests with ``concurrency`` workers; latency percentiles and req/s."""
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=30, headers=headers) as client:
         for _ in range(min(50, requests)):  # warm the connection pool
-            (await client.post(url, json=BODY)).raise_for_status()
+            (await client.post(url, json=body(distinct))).raise_for_status()
         remaining = requests
 
         async def worker() -> None:
@@ -98,7 +120,7 @@ async def drive(url: str, headers: dict, concurrency: int, requests: int) -> dic
             while remaining > 0:
                 remaining -= 1
                 start = time.perf_counter()
-                response = await client.post(url, json=BODY)
+                response = await client.post(url, json=body(distinct))
                 latencies.append(time.perf_counter() - start)
                 if response.status_code != 200:
                     raise RuntimeError(f"{url}: {response.status_code} {response.text[:300]}")
@@ -116,20 +138,23 @@ def measure(targets: dict[str, tuple[str, dict]], args: argparse.Namespace) -> d
     """Latency at concurrency 1 and throughput at ``--concurrency`` for every target, in
     ``--rounds`` interleaved rounds (so drift of the machine hits all alike); medians."""
     runs: dict[str, dict[str, list[dict]]] = {name: {"c1": [], "cN": []} for name in targets}
+    distinct = getattr(args, "state", "memory") == "redis"
     for _ in range(args.rounds):
         for name, (url, headers) in targets.items():
-            runs[name]["c1"].append(asyncio.run(drive(url, headers, 1, args.requests)))
+            runs[name]["c1"].append(asyncio.run(drive(url, headers, 1, args.requests, distinct)))
         for name, (url, headers) in targets.items():
             runs[name]["cN"].append(asyncio.run(drive(url, headers, args.concurrency,
-                                                      args.requests * 2)))
+                                                      args.requests * 2, distinct)))
     return {name: {"p50_ms": statistics.median(r["p50_ms"] for r in run["c1"]),
                    "p99_ms": statistics.median(r["p99_ms"] for r in run["c1"]),
                    "rps": statistics.median(r["rps"] for r in run["cN"])}
             for name, run in runs.items()}
 
 
-def turnout_config(tmp: Path, upstream: str) -> Path:
+def turnout_config(tmp: Path, upstream: str, shared: str = "") -> Path:
+    """The gateway's config; ``shared`` replaces the embedded record and state (``--state``)."""
     path = tmp / "bench.toml"
+    record = shared or f'[record]\npath = "{tmp / "bench.db"}"\n'
     path.write_text(f"""
 [providers.upstream]
 kind = "openai-compatible"
@@ -140,13 +165,54 @@ provider = "upstream"
 input_price = 1.0
 output_price = 2.0
 
-[record]
-path = "{tmp / 'bench.db'}"
-
+{record}
 [logging]
 level = "warning"
 """)
     return path
+
+
+def shared_state(args: argparse.Namespace, tmp: Path, run: str) -> str:
+    """Config for ``--state redis``: Redis state, the PostgreSQL log, a budget and a rate limit
+    that apply to every request and never refuse one."""
+    return f"""
+[state]
+backend = "redis"
+url = "{args.redis}"
+key_prefix = "turnout-bench:{run}:"
+
+[record]
+backend = "postgres"
+dsn = "{args.postgres}"
+schema = "turnout_bench_{run}"
+journal = "{tmp / 'bench.journal'}"
+
+[[budgets]]
+scope = "global"
+limit_usd = 1000000.0
+window = "day"
+
+[[rate_limits]]
+scope = "global"
+rpm = 100000000
+tpm = 1000000000000
+"""
+
+
+def drop_shared_state(args: argparse.Namespace, run: str) -> None:
+    """Remove the run's Redis keys and PostgreSQL schema."""
+    import psycopg
+    import redis
+
+    client = redis.Redis.from_url(args.redis)
+    try:
+        keys = list(client.scan_iter(match=f"turnout-bench:{run}:*", count=1000))
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i:i + 1000])
+    finally:
+        client.close()
+    with psycopg.connect(args.postgres, autocommit=True) as db:
+        db.execute(f'DROP SCHEMA IF EXISTS "turnout_bench_{run}" CASCADE')
 
 
 def litellm_config(tmp: Path, upstream: str) -> Path:
@@ -174,7 +240,21 @@ def main() -> None:
     parser.add_argument("--upstream-delay-ms", type=float, default=0.0,
                         help="the upstream's think time per request (0: pure overhead)")
     parser.add_argument("--litellm", action="store_true", help="add LiteLLM's proxy side by side")
+    parser.add_argument("--state", choices=("memory", "redis"), default="memory",
+                        help="redis: a budget, a rate limit and the cache in Redis, the log in "
+                             "PostgreSQL (see above); memory: the embedded default")
+    parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     args = parser.parse_args()
+    run = os.urandom(6).hex()
+    try:
+        run_bench(args, run)
+    finally:
+        if args.state == "redis":
+            drop_shared_state(args, run)
+
+
+def run_bench(args: argparse.Namespace, run: str) -> None:
 
     py = sys.executable
     turnout = shutil.which("turnout", path=str(Path(py).parent)) or "turnout"
@@ -187,7 +267,8 @@ def main() -> None:
             [py, str(HERE / "upstream.py"), "--port", str(up_port),
              "--delay-ms", str(args.upstream_delay_ms)], f"{upstream}/models"))
         gateway = stack.enter_context(process(
-            [turnout, "serve", "--config", str(turnout_config(tmp, upstream)),
+            [turnout, "serve", "--config", str(turnout_config(
+                tmp, upstream, shared_state(args, tmp, run) if args.state == "redis" else "")),
              "--port", str(gw_port)], f"http://127.0.0.1:{gw_port}/readyz"))
 
         targets = {"direct": (f"{upstream}/chat/completions", {}),
@@ -208,6 +289,7 @@ def main() -> None:
             "concurrency": args.concurrency,
             "rounds": args.rounds,
             "upstream_delay_ms": args.upstream_delay_ms,
+            "state": args.state,
         }
         if "litellm" in m:
             lite = m["litellm"]

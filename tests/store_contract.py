@@ -104,6 +104,21 @@ class StoreContract:
         admitted = await store.window_add("tpm", 4.0, window_s=10, limit=6)
         assert (admitted.admitted, admitted.total) == (True, 5.0)
 
+    async def test_a_sliding_total_stays_exact_as_entries_come_and_go(self):
+        store, clock = await self.make()
+        added: list[tuple[float, float]] = []
+        for i in range(300):  # one add every 0.25 s over a 10 s window, amounts 0.1 .. 1.0
+            amount = round(0.1 * (1 + i % 10), 1)
+            result = await store.window_add("tpm", amount, window_s=10)
+            added.append((i * 0.25, amount))
+            in_window = sum(a for at, a in added if at > i * 0.25 - 10)
+            assert result.total == pytest.approx(in_window, abs=1e-9)
+            clock.advance(0.25)
+        clock.advance(10)
+        assert await store.window_total("tpm", window_s=10) == 0.0
+        fresh = await store.window_add("tpm", 0.3, window_s=10)
+        assert fresh.total == 0.3, "an emptied window starts again from nothing"
+
     async def test_amounts_that_fit_only_after_float_rounding_are_admitted(self):
         store, _ = await self.make()
         assert (await store.window_add("usd", 0.1, window_s=60, limit=0.3)).admitted

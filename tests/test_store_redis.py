@@ -8,7 +8,6 @@ server these tests skip, except under ``CI=true``, where they fail.
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 
@@ -21,48 +20,15 @@ from turnout.adapters.stores import register_stores
 from turnout.adapters.stores.redis import RedisSettings, RedisStore
 from turnout.kernel.store import LockTimeout, Reservation, Store, StoreError, WindowResult
 
+from .redis_support import prefix_fixture, redis_url_fixture  # noqa: F401 - redis_url, prefix
 from .store_contract import FakeClock, StoreContract
 
 pytestmark = pytest.mark.anyio
-
-REDIS_URL = os.environ.get("TURNOUT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> str:
-    """The test server's URL, once it answered a PING; skips (fails under CI=true) otherwise."""
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        message = (f"no Redis at {REDIS_URL} ({exc}); start one with `redis-server --daemonize yes` "
-                   f"or point TURNOUT_TEST_REDIS_URL at one")
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    finally:
-        client.close()
-    return REDIS_URL
-
 
 def _keys(url: str, pattern: str) -> list[bytes]:
     client = redis.Redis.from_url(url)
     try:
         return list(client.scan_iter(match=pattern, count=1000))
-    finally:
-        client.close()
-
-
-@pytest.fixture
-def prefix(redis_url: str):
-    """A key prefix of this test's own; every key under it is deleted afterwards."""
-    prefix = f"turnout-test:{uuid.uuid4().hex}:"
-    yield prefix
-    client = redis.Redis.from_url(redis_url)
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
     finally:
         client.close()
 
@@ -176,7 +142,8 @@ async def test_every_key_is_under_the_prefix_with_one_sub_prefix_per_kind(redis_
     finally:
         await store.aclose()
     assert written == sorted(f"{prefix}{kind}:{marker}" for kind in (
-        "sliding", "fixed", "ledger", "reservations", "settled-ids", "value", "lock"))
+        "sliding", "sliding-sum", "fixed", "ledger", "reservations", "settled-ids", "value",
+        "lock"))
 
 
 # --- failures ---------------------------------------------------------------------------------

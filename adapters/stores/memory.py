@@ -64,6 +64,9 @@ class _Value(_Entry):
 class _Sliding(_Entry):
     log: deque[tuple[float, float]] = field(default_factory=deque)
     """(time, amount) of each admitted add, oldest first."""
+    total: float = 0.0
+    """The sum of the log's amounts, kept as entries come and go (an add costs O(1), not a pass
+    over the window)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -152,7 +155,7 @@ class MemoryStore(Store):
             return None
         log, cutoff = entry.log, now - window_s
         while log and log[0][0] <= cutoff:
-            log.popleft()
+            entry.total -= log.popleft()[1]
         if not log:
             del self._windows[key]
             return None
@@ -179,11 +182,12 @@ class MemoryStore(Store):
     def _sliding_add(self, key: str, amount: float, window_s: float, limit: float | None,
                      now: float) -> WindowResult:
         entry = self._sliding(key, window_s, now)
-        total = math.fsum(a for _, a in entry.log) if entry else 0.0
+        total = entry.total if entry else 0.0
         if _fits(total, amount, limit):
             if entry is None:
                 entry = self._windows[key] = _Sliding()
             entry.log.append((now, amount))
+            entry.total = total + amount
             self._written("window", key, entry, now + window_s)
             return WindowResult(True, total + amount, None)
         if limit is not None and not _fits(0.0, amount, limit):
@@ -217,7 +221,7 @@ class MemoryStore(Store):
         now = self._clock()
         if sliding:
             entry = self._sliding(key, window_s, now)
-            return math.fsum(a for _, a in entry.log) if entry else 0.0
+            return entry.total if entry else 0.0
         fixed = self._fixed(key, window_s, now)
         return fixed.total if fixed else 0.0
 

@@ -15,6 +15,7 @@ clock the two agree; with an injected clock the stored expiry is the one that co
 kind of state, so keys of different kinds never collide (``{prefix}{kind}:{caller's key}``):
 
 - ``sliding:<key>``      sorted set: score = time of an add, member = ``<uuid>:<amount>``
+- ``sliding-sum:<key>``  string: the sum of the sorted set's amounts, kept as entries come and go
 - ``fixed:<key>``        hash ``s`` (window start), ``t`` (total); expires at the window's end
 - ``ledger:<key>``       string: the settled total (never expires)
 - ``reservations:<key>`` hash: reservation id -> ``"<expires_at> <amount>"``
@@ -105,40 +106,55 @@ end
 local now = clock(ARGV[1])
 """
 
-# KEYS: sliding. ARGV: now, amount, window_s, limit or '', member id -> {admitted, total, retry}
-_SLIDING_ADD = _PRELUDE + """
-local amount, window, limit = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', num(now - window))
-local log = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-local total, times, amounts = 0.0, {}, {}
-for i = 1, #log, 2 do
-  local m = log[i]
-  local a = tonumber(string.sub(m, string.find(m, ':', 1, true) + 1))
-  total = total + a
-  amounts[#amounts + 1] = a
-  times[#times + 1] = tonumber(log[i + 1])
+# The log's running sum is kept beside it (KEYS[2]), so an add costs the entries that expire, not
+# a pass over the whole window; it is reset to 0 whenever the log empties, so float rounding
+# cannot build up.
+_SLIDING = _PRELUDE + """
+local function amount_of(m) return tonumber(string.sub(m, string.find(m, ':', 1, true) + 1)) end
+local function trimmed(window)
+  local cutoff = num(now - window)
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff)
+  local total = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if #gone > 0 then
+    for i = 1, #gone do total = total - amount_of(gone[i]) end
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', cutoff)
+  end
+  if redis.call('EXISTS', KEYS[1]) == 0 then
+    redis.call('DEL', KEYS[2])
+    return 0.0
+  end
+  if #gone > 0 then redis.call('SET', KEYS[2], num(total), 'KEEPTTL') end
+  return total
 end
+"""
+
+# KEYS: sliding, its sum. ARGV: now, amount, window_s, limit or '', member id
+#   -> {admitted, total, retry}
+_SLIDING_ADD = _SLIDING + """
+local amount, window, limit = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local total = trimmed(window)
 if fits(total, amount, limit) then
   redis.call('ZADD', KEYS[1], num(now), ARGV[5] .. ':' .. ARGV[2])
+  redis.call('SET', KEYS[2], num(total + amount), 'PX', ms(window))
   redis.call('PEXPIRE', KEYS[1], ms(window))
   return {1, num(total + amount), ''}
 end
 if not fits(0.0, amount, limit) then return {0, num(total), ''} end
+-- Refused: walk the log from its oldest entry until enough has expired for the amount.
+local log = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 local remaining = total
-for i = 1, #amounts do
-  remaining = remaining - amounts[i]
-  if fits(remaining, amount, limit) then return {0, num(total), num(times[i] + window - now)} end
+for i = 1, #log, 2 do
+  remaining = remaining - amount_of(log[i])
+  if fits(remaining, amount, limit) then
+    return {0, num(total), num(tonumber(log[i + 1]) + window - now)}
+  end
 end
-return {0, num(total), num(times[#times] + window - now)}
+return {0, num(total), num(tonumber(log[#log]) + window - now)}
 """
 
-# KEYS: sliding. ARGV: now, window_s -> total
-_SLIDING_TOTAL = _PRELUDE + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', num(now - tonumber(ARGV[2])))
-local log = redis.call('ZRANGE', KEYS[1], 0, -1)
-local total = 0.0
-for i = 1, #log do total = total + tonumber(string.sub(log[i], string.find(log[i], ':', 1, true) + 1)) end
-return num(total)
+# KEYS: sliding, its sum. ARGV: now, window_s -> total
+_SLIDING_TOTAL = _SLIDING + """
+return num(trimmed(tonumber(ARGV[2])))
 """
 
 # KEYS: fixed. ARGV: now, amount, window_s, limit or '' -> {admitted, total, retry}
@@ -285,6 +301,9 @@ class RedisStore(Store):
     def _key(self, kind: str, key: str) -> str:
         return f"{self.settings.key_prefix}{kind}:{key}"
 
+    def _sliding_keys(self, key: str) -> list[str]:
+        return [self._key("sliding", key), self._key("sliding-sum", key)]
+
     def _now(self) -> str:
         return "" if self._clock is None else _num(self._clock())
 
@@ -312,7 +331,7 @@ class RedisStore(Store):
         check_number("amount", amount)
         limit_arg = "" if limit is None else _num(limit)
         if sliding:
-            reply = await self._run("sliding_add", [self._key("sliding", key)], self._now(),
+            reply = await self._run("sliding_add", self._sliding_keys(key), self._now(),
                                     _num(amount), _num(window_s), limit_arg, uuid.uuid4().hex)
         else:
             reply = await self._run("fixed_add", [self._key("fixed", key)], self._now(),
@@ -323,7 +342,7 @@ class RedisStore(Store):
     async def window_total(self, key: str, *, window_s: float, sliding: bool = True) -> float:
         check_number("window_s", window_s, positive=True)
         if sliding:
-            total = await self._run("sliding_total", [self._key("sliding", key)], self._now(),
+            total = await self._run("sliding_total", self._sliding_keys(key), self._now(),
                                     _num(window_s))
         else:
             total = await self._run("fixed_total", [self._key("fixed", key)], self._now(),
