@@ -9,11 +9,12 @@ use :meth:`Kernel.ask` and :meth:`Kernel.ask_stream`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Mapping
+from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 
 import anyio
 import structlog
@@ -52,6 +53,7 @@ from .types import (
     Completion,
     Context,
     Escalation,
+    Hold,
     ModelProfile,
     Plan,
     Selection,
@@ -167,6 +169,7 @@ class Kernel:
         self._default_validators: list[tuple[str, Callable[..., Any]]] = []
         self._default_strategy_settings: dict[str, BaseModel] = {}
         self._default_route_settings: dict[str, BaseModel] = {}
+        self._deferred: set[asyncio.Task] = set()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -235,7 +238,9 @@ class Kernel:
         """Run every ``shutdown`` hook, then close the providers and the store; one that fails
         does not stop the others."""
         with anyio.CancelScope(shield=True):
+            await self.idle()
             await self.plugins.hook.shutdown(kernel=self)
+            await self.idle()
             closing: list[Any] = [*self.providers.values(), self.store]
             for resource in closing:
                 if resource is None:
@@ -540,7 +545,9 @@ class Kernel:
                 attempt.status, attempt.error = "error", f"{error.kind}: {error}"
             elif attempt.status == "rejected":
                 failed = [v for v in attempt.verdicts if not v.ok]
-            if attempt.status != "streaming":
+            if attempt.status == "ok":  # settled after the answer has left, not before
+                self._end_attempt_later(attempt)
+            elif attempt.status != "streaming":  # a failure frees its holds before a retry
                 await self._end_attempt(attempt)
             _gen_ai_response(span, attempt)
         if error is None and not failed:
@@ -570,14 +577,29 @@ class Kernel:
         """Hand an ended attempt to its holds (once), shielded: a reservation is settled or
         released even when the request is being cancelled."""
         holds, attempt.holds = attempt.holds, []
-        if not holds:
-            return
-        with anyio.CancelScope(shield=True):
-            for hold in holds:
-                try:
-                    await hold.done(attempt)
-                except Exception:  # noqa: BLE001 - one hold failing must not keep the others
-                    log.exception("hold_failed", hold=type(hold).__name__)
+        if holds:
+            await _hand_over(holds, attempt)
+
+    def _end_attempt_later(self, attempt: Attempt) -> None:
+        """As :meth:`_end_attempt`, after the answer (see :meth:`defer`)."""
+        holds, attempt.holds = attempt.holds, []
+        if holds:
+            self.defer(_hand_over, holds, attempt)
+
+    def defer(self, work: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``await work(*args)`` beside the request instead of in its way: what an answer
+        need not wait for (settling its reservations, storing it in a cache). It runs shielded
+        from cancellation; a failure is logged. :meth:`idle` waits for everything deferred, and
+        :meth:`stop` does before the shutdown hooks, so nothing deferred is lost at a clean
+        stop."""
+        task = asyncio.get_running_loop().create_task(_shielded(work, *args))
+        self._deferred.add(task)
+        task.add_done_callback(self._deferred.discard)
+
+    async def idle(self) -> None:
+        """Wait until all deferred work (:meth:`defer`) is done."""
+        while self._deferred:
+            await asyncio.wait(list(self._deferred))
 
     def _attempts_used_up(self, ctx: Context) -> str | None:
         """Why the request may make no more calls, or None while it may."""
@@ -771,11 +793,11 @@ class Kernel:
         if ctx.status == "pending":
             ctx.status = "cancelled"
         with anyio.CancelScope(shield=True):
-            for attempt in ctx.attempts:  # streams a strategy started and dropped, say
+            for attempt in ctx.attempts:  # streams, ended or dropped by a strategy
                 if attempt.holds:
                     if attempt.status in ("pending", "streaming"):
                         attempt.status = "cancelled"
-                    await self._end_attempt(attempt)
+                    self._end_attempt_later(attempt)
             await self.plugins.hook.record(ctx=ctx)
 
     def _span(self, ctx: Context):
@@ -898,6 +920,24 @@ def _merge_tool_calls(calls: dict[int, dict], deltas: list[dict]) -> None:
             call["function"]["name"] += fn["name"]
         if fn.get("arguments"):
             call["function"]["arguments"] += fn["arguments"]
+
+
+async def _hand_over(holds: list[Hold], attempt: Attempt) -> None:
+    """Tell each hold its attempt has ended; one that fails is logged, the others still run."""
+    with anyio.CancelScope(shield=True):
+        for hold in holds:
+            try:
+                await hold.done(attempt)
+            except Exception:  # noqa: BLE001 - one hold failing must not keep the others
+                log.exception("hold_failed", hold=type(hold).__name__)
+
+
+async def _shielded(work: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    with anyio.CancelScope(shield=True):
+        try:
+            await work(*args)
+        except Exception:  # noqa: BLE001 - deferred work has no caller to fail
+            log.exception("deferred_failed", work=getattr(work, "__qualname__", repr(work)))
 
 
 async def _aclose(stream: Any) -> None:

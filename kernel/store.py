@@ -20,7 +20,7 @@ import contextlib
 import math
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -66,6 +66,17 @@ class WindowResult:
 
 
 @dataclass(slots=True, frozen=True)
+class WindowAdd:
+    """One add of :meth:`Store.window_add_all`: ``amount`` to the sliding window ``key`` of
+    ``window_s`` seconds, within ``limit`` (None: no limit)."""
+
+    key: str
+    amount: float
+    window_s: float
+    limit: float | None = None
+
+
+@dataclass(slots=True, frozen=True)
 class Reservation:
     """An amount held against a ledger's limit until it is settled, released or expires."""
 
@@ -95,6 +106,18 @@ class Store(ABC):
         windows aligned to multiples of ``window_s`` on the store's clock: the total resets at each
         boundary, and a refusal's ``retry_after_s`` is the time to the next boundary.
         Returns whether it was admitted, the total after the call, and when to retry.
+        """
+
+    @abstractmethod
+    async def window_add_all(self, adds: Sequence[WindowAdd]) -> list[WindowResult]:
+        """Add to several sliding windows in one atomic step, all or none: each amount is added
+        only if every window has room for its own (requests and tokens of a key, a team and a
+        model, say, in one round trip, none counted when one refuses).
+
+        Returns one result per add, in order. Each ``admitted`` says whether that window had
+        room; the amounts were added only when all are True (each ``total`` then counts its
+        amount). When some are False nothing was added, and those carry ``retry_after_s`` as
+        :meth:`window_add` does.
         """
 
     @abstractmethod

@@ -61,6 +61,14 @@ class ScopedRule(BaseModel):
             return None
         return found
 
+    def counter(self, value: str) -> str:
+        """The store key part naming this rule's count for ``value``: ``key:ci`` for a rule that
+        matches ``ci``, ``key/each:ci`` for the per-key rule counting ``ci``, so the two keep
+        separate counts."""
+        if self.match is not None or self.scope == "global":
+            return f"{self.scope}:{value}"
+        return f"{self.scope}/each:{value}"
+
     def label(self, value: str) -> str:
         """How the rule is named in errors, alerts and headers: ``key 'ci'``, ``global``."""
         return "global" if self.scope == "global" else f"{self.scope} {value!r}"

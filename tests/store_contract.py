@@ -17,7 +17,7 @@ from typing import Protocol
 import anyio
 import pytest
 
-from turnout.kernel.store import LockTimeout, Reservation, Store, WindowResult
+from turnout.kernel.store import LockTimeout, Reservation, Store, WindowAdd, WindowResult
 
 T0 = 36_000.0
 """Where a :class:`FakeClock` starts: a multiple of every fixed window used here."""
@@ -118,6 +118,25 @@ class StoreContract:
         assert await store.window_total("tpm", window_s=10) == 0.0
         fresh = await store.window_add("tpm", 0.3, window_s=10)
         assert fresh.total == 0.3, "an emptied window starts again from nothing"
+
+    async def test_window_add_all_adds_to_every_window_or_to_none(self):
+        store, clock = await self.make()
+        both = [WindowAdd("rpm:a", 1, 10, limit=2), WindowAdd("tpm:a", 50, 10, limit=100)]
+        first = await store.window_add_all(both)
+        assert first == [WindowResult(True, 1.0, None), WindowResult(True, 50.0, None)]
+        clock.advance(1)
+        second = await store.window_add_all(both)
+        assert [r.total for r in second] == [2.0, 100.0]
+        clock.advance(1)
+        tokens_only = await store.window_add_all([WindowAdd("tpm:a", 1, 10, limit=100),
+                                                  WindowAdd("rpm:b", 1, 10, limit=5)])
+        assert tokens_only[0].admitted is False and tokens_only[0].retry_after_s == \
+            pytest.approx(8.0)
+        assert tokens_only[1] == WindowResult(True, 0.0, None), "room, but nothing added"
+        assert await store.window_total("rpm:b", window_s=10) == 0.0
+        too_big = await store.window_add_all([WindowAdd("rpm:c", 3, 10, limit=2)])
+        assert too_big == [WindowResult(False, 0.0, None)]
+        assert await store.window_add_all([]) == []
 
     async def test_amounts_that_fit_only_after_float_rounding_are_admitted(self):
         store, _ = await self.make()

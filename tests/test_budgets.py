@@ -118,6 +118,7 @@ async def test_a_reservation_is_settled_to_the_real_cost_and_released_on_failure
                           errors.ProviderUnavailable("down")], "dear": ["fine"]})
     async with kernel:
         answer = await kernel.ask(ask(model="chain", max_tokens=1000))
+        await kernel.idle()  # the answer is settled after it has left
         month, _ = window_bounds("month", time.time())
         spent = await kernel.store.ledger_total(f"budget:global:*:{month}")
     assert answer.content == "fine" and answer.attempts == 3  # cheap twice, then dear
@@ -213,6 +214,7 @@ async def test_a_tpm_limit_counts_prompt_and_answer_tokens_and_a_retry_is_one_re
         script={"cheap": [errors.ProviderUnavailable("down"), "ok"]})
     async with kernel:
         answer = await kernel.ask(request(model="cheap"), caller=Caller(user="ann"))
+        await kernel.idle()
         used = await kernel.store.window_total("ratelimit:tpm:user:ann", window_s=60)
         calls = await kernel.store.window_total("ratelimit:rpm:model:cheap", window_s=60)
         with pytest.raises(errors.RateLimited) as refused:

@@ -17,13 +17,13 @@ import math
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from turnout.kernel.store import Reservation, Store, WindowResult, check_number
+from turnout.kernel.store import Reservation, Store, WindowAdd, WindowResult, check_number
 
 SETTLED_IDS_KEPT_S = 24 * 3600.0
 """How long a settled reservation id is remembered after its reservation's expiry."""
@@ -179,17 +179,37 @@ class MemoryStore(Store):
             return self._sliding_add(key, amount, window_s, limit, now)
         return self._fixed_add(key, amount, window_s, limit, now)
 
+    async def window_add_all(self, adds: Sequence[WindowAdd]) -> list[WindowResult]:
+        for add in adds:
+            check_number("window_s", add.window_s, positive=True)
+            check_number("amount", add.amount)
+        now = self._clock()
+        rooms = [self._sliding_room(a.key, a.amount, a.window_s, a.limit, now) for a in adds]
+        if not all(room.admitted for room in rooms):
+            return rooms
+        return [self._sliding_add(a.key, a.amount, a.window_s, None, now) for a in adds]
+
     def _sliding_add(self, key: str, amount: float, window_s: float, limit: float | None,
                      now: float) -> WindowResult:
+        room = self._sliding_room(key, amount, window_s, limit, now)
+        if not room.admitted:
+            return room
+        entry = self._windows.get(key)
+        if not isinstance(entry, _Sliding):
+            entry = self._windows[key] = _Sliding()
+        entry.log.append((now, amount))
+        entry.total += amount
+        self._written("window", key, entry, now + window_s)
+        return WindowResult(True, entry.total, None)
+
+    def _sliding_room(self, key: str, amount: float, window_s: float, limit: float | None,
+                      now: float) -> WindowResult:
+        """Whether the window has room for ``amount`` (its total as it stands), adding nothing;
+        a refusal says when to retry."""
         entry = self._sliding(key, window_s, now)
         total = entry.total if entry else 0.0
         if _fits(total, amount, limit):
-            if entry is None:
-                entry = self._windows[key] = _Sliding()
-            entry.log.append((now, amount))
-            entry.total = total + amount
-            self._written("window", key, entry, now + window_s)
-            return WindowResult(True, total + amount, None)
+            return WindowResult(True, total, None)
         if limit is not None and not _fits(0.0, amount, limit):
             return WindowResult(False, total, None)
         remaining = total

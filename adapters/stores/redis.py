@@ -40,7 +40,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from turnout.kernel.store import Reservation, Store, StoreError, WindowResult, check_number
+from turnout.kernel.store import (
+    Reservation,
+    Store,
+    StoreError,
+    WindowAdd,
+    WindowResult,
+    check_number,
+)
 
 SETTLED_IDS_KEPT_S = 24 * 3600.0
 """How long a settled reservation id is remembered after its reservation's expiry."""
@@ -80,6 +87,11 @@ def _redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}***@{netloc}"))
 
 
+def _window_result(reply: Sequence[Any]) -> WindowResult:
+    admitted, total, retry = reply
+    return WindowResult(bool(admitted), float(total), float(retry) if retry else None)
+
+
 def _num(value: float) -> str:
     """A float as a script argument, exactly (repr round-trips)."""
     return repr(float(value))
@@ -111,50 +123,65 @@ local now = clock(ARGV[1])
 # cannot build up.
 _SLIDING = _PRELUDE + """
 local function amount_of(m) return tonumber(string.sub(m, string.find(m, ':', 1, true) + 1)) end
-local function trimmed(window)
+local function trimmed(log, sum, window)
   local cutoff = num(now - window)
-  local gone = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff)
-  local total = tonumber(redis.call('GET', KEYS[2]) or '0')
+  local gone = redis.call('ZRANGEBYSCORE', log, '-inf', cutoff)
+  local total = tonumber(redis.call('GET', sum) or '0')
   if #gone > 0 then
     for i = 1, #gone do total = total - amount_of(gone[i]) end
-    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', cutoff)
+    redis.call('ZREMRANGEBYSCORE', log, '-inf', cutoff)
   end
-  if redis.call('EXISTS', KEYS[1]) == 0 then
-    redis.call('DEL', KEYS[2])
+  if redis.call('EXISTS', log) == 0 then
+    redis.call('DEL', sum)
     return 0.0
   end
-  if #gone > 0 then redis.call('SET', KEYS[2], num(total), 'KEEPTTL') end
+  if #gone > 0 then redis.call('SET', sum, num(total), 'KEEPTTL') end
   return total
+end
+-- Refused: walk the log from its oldest entry until enough has expired for the amount.
+local function retry(log, total, amount, limit, window)
+  if not fits(0.0, amount, limit) then return '' end
+  local entries = redis.call('ZRANGE', log, 0, -1, 'WITHSCORES')
+  local remaining = total
+  for i = 1, #entries, 2 do
+    remaining = remaining - amount_of(entries[i])
+    if fits(remaining, amount, limit) then return num(tonumber(entries[i + 1]) + window - now) end
+  end
+  return num(tonumber(entries[#entries]) + window - now)
 end
 """
 
-# KEYS: sliding, its sum. ARGV: now, amount, window_s, limit or '', member id
-#   -> {admitted, total, retry}
-_SLIDING_ADD = _SLIDING + """
-local amount, window, limit = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local total = trimmed(window)
-if fits(total, amount, limit) then
-  redis.call('ZADD', KEYS[1], num(now), ARGV[5] .. ':' .. ARGV[2])
-  redis.call('SET', KEYS[2], num(total + amount), 'PX', ms(window))
-  redis.call('PEXPIRE', KEYS[1], ms(window))
-  return {1, num(total + amount), ''}
+# KEYS: per add, its log and its sum. ARGV: now, then per add: amount, window_s, limit or '',
+# member id -> per add {room, total, retry}; added only when every add has room.
+_SLIDING_ADD_ALL = _SLIDING + """
+local n = #KEYS / 2
+local totals, room = {}, true
+for i = 1, n do
+  local a = 4 * (i - 1) + 2
+  totals[i] = trimmed(KEYS[2 * i - 1], KEYS[2 * i], tonumber(ARGV[a + 1]))
+  if not fits(totals[i], tonumber(ARGV[a]), tonumber(ARGV[a + 2])) then room = false end
 end
-if not fits(0.0, amount, limit) then return {0, num(total), ''} end
--- Refused: walk the log from its oldest entry until enough has expired for the amount.
-local log = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-local remaining = total
-for i = 1, #log, 2 do
-  remaining = remaining - amount_of(log[i])
-  if fits(remaining, amount, limit) then
-    return {0, num(total), num(tonumber(log[i + 1]) + window - now)}
+local out = {}
+for i = 1, n do
+  local a = 4 * (i - 1) + 2
+  local amount, window, limit = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  if room then
+    redis.call('ZADD', KEYS[2 * i - 1], num(now), ARGV[a + 3] .. ':' .. ARGV[a])
+    redis.call('PEXPIRE', KEYS[2 * i - 1], ms(window))
+    redis.call('SET', KEYS[2 * i], num(totals[i] + amount), 'PX', ms(window))
+    out[i] = {1, num(totals[i] + amount), ''}
+  elseif fits(totals[i], amount, limit) then
+    out[i] = {1, num(totals[i]), ''}
+  else
+    out[i] = {0, num(totals[i]), retry(KEYS[2 * i - 1], totals[i], amount, limit, window)}
   end
 end
-return {0, num(total), num(tonumber(log[#log]) + window - now)}
+return out
 """
 
 # KEYS: sliding, its sum. ARGV: now, window_s -> total
 _SLIDING_TOTAL = _SLIDING + """
-return num(trimmed(tonumber(ARGV[2])))
+return num(trimmed(KEYS[1], KEYS[2], tonumber(ARGV[2])))
 """
 
 # KEYS: fixed. ARGV: now, amount, window_s, limit or '' -> {admitted, total, retry}
@@ -267,7 +294,7 @@ if redis.call('HGET', KEYS[1], 't') == ARGV[1] then return redis.call('DEL', KEY
 return 0
 """
 
-_SCRIPTS = {"sliding_add": _SLIDING_ADD, "sliding_total": _SLIDING_TOTAL, "fixed_add": _FIXED_ADD,
+_SCRIPTS = {"sliding_add_all": _SLIDING_ADD_ALL, "sliding_total": _SLIDING_TOTAL, "fixed_add": _FIXED_ADD,
             "fixed_total": _FIXED_TOTAL, "reserve": _RESERVE, "settle": _SETTLE,
             "ledger_total": _LEDGER_TOTAL, "get": _GET, "set": _SET, "delete": _DELETE,
             "lock": _LOCK, "unlock": _UNLOCK}
@@ -331,13 +358,23 @@ class RedisStore(Store):
         check_number("amount", amount)
         limit_arg = "" if limit is None else _num(limit)
         if sliding:
-            reply = await self._run("sliding_add", self._sliding_keys(key), self._now(),
-                                    _num(amount), _num(window_s), limit_arg, uuid.uuid4().hex)
-        else:
-            reply = await self._run("fixed_add", [self._key("fixed", key)], self._now(),
-                                    _num(amount), _num(window_s), limit_arg)
-        admitted, total, retry = reply
-        return WindowResult(bool(admitted), float(total), float(retry) if retry else None)
+            return (await self.window_add_all([WindowAdd(key, amount, window_s, limit)]))[0]
+        reply = await self._run("fixed_add", [self._key("fixed", key)], self._now(),
+                                _num(amount), _num(window_s), limit_arg)
+        return _window_result(reply)
+
+    async def window_add_all(self, adds: Sequence[WindowAdd]) -> list[WindowResult]:
+        keys: list[str] = []
+        args: list[str] = [self._now()]
+        for add in adds:
+            check_number("window_s", add.window_s, positive=True)
+            check_number("amount", add.amount)
+            keys += self._sliding_keys(add.key)
+            args += [_num(add.amount), _num(add.window_s),
+                     "" if add.limit is None else _num(add.limit), uuid.uuid4().hex]
+        if not adds:
+            return []
+        return [_window_result(reply) for reply in await self._run("sliding_add_all", keys, *args)]
 
     async def window_total(self, key: str, *, window_s: float, sliding: bool = True) -> float:
         check_number("window_s", window_s, positive=True)
