@@ -3,19 +3,20 @@ answer's last byte leaves, so that a killed gateway loses no record.
 
 **Format.** One line per request: ``orjson`` of ``[requests_row, [attempts_row, ...]]``, the values
 in the order of ``COLUMNS`` and ``ATTEMPT_COLUMNS`` of :mod:`turnout.plugins.sqlite_recorder`,
-exactly what the writer inserts (the error text and the decision already redacted: the journal
-never holds what the record may not), then ``\\n``. A line is written with one ``os.write`` on a
-file opened with ``O_APPEND``. A line that cannot be read back (cut short by a power loss, or
-written by another version with other columns) is logged and skipped at replay.
+exactly what the writer inserts into either database, SQLite or PostgreSQL (the error text and
+the decision already redacted: the journal never holds what the record may not), then ``\\n``.
+A line is written with one ``os.write`` on a file opened with ``O_APPEND``. A line that cannot be
+read back (cut short by a power loss, or written by another version with other columns) is logged
+and skipped at replay.
 
-**Segments.** The active segment is the journal path itself (``<record.path>.journal`` unless
-``record.journal`` says otherwise); closing it renames it to ``<journal>.<n>`` (n counting up) and
+**Segments.** The active segment is the journal path itself (``record.journal``, or a default:
+see ``RecordSettings.journal_path``); closing it renames it to ``<journal>.<n>`` (n counting up) and
 opens a fresh, empty active file. The writer thread closes the active segment once it is over
 :data:`SEGMENT_BYTES` or older than :data:`SEGMENT_AGE_S`; at a clean shutdown, once everything
 queued is committed, it deletes the active segment too, so a cleanly stopped gateway leaves no
 journal. A journal path that is not a regular file (a device) is never renamed, cut or deleted.
 
-**The invariant: a segment is deleted only once every line in it is committed to SQLite** (or has
+**The invariant: a segment is deleted only once every line in it is committed to the database** (or has
 been found unwritable, logged and skipped). Appending a line and putting its rows on the writer's
 queue happen under one lock, and so does closing a segment and putting a marker naming it on the
 queue; the queue therefore holds the rows of segment n, then segment n's marker, then the rows of
@@ -41,7 +42,13 @@ disk flush (from a fraction of a millisecond on a local SSD to tens of milliseco
 or busy disks) on every answer's path and serialise requests behind the disk, for a risk the
 database itself does not cover either.
 
-Not for two gateways at once: one record path (database and journal) belongs to one process.
+**One journal, one process.** A journal's segments are replayed and deleted by the process that
+holds it, so two gateways must never share one: each replica (on one machine, or on a shared
+disk) needs its own ``record.journal``, even when they write to one PostgreSQL database. While a
+process holds a journal it holds an exclusive ``flock`` on ``.<journal name>.lock`` beside it; a
+second process (or a second recorder) naming the same journal fails to start with
+:class:`JournalInUse` instead of replaying and deleting the other's rows. The lock dies with the
+process, so a SIGKILLed gateway's journal is taken over at its next start.
 """
 
 from __future__ import annotations
@@ -57,6 +64,13 @@ from typing import Any, Iterator
 import orjson
 import structlog
 
+from turnout.kernel.errors import ConfigError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: the journal is not guarded against a second process
+    fcntl = None  # type: ignore[assignment]
+
 log = structlog.get_logger("turnout.record")
 
 SEGMENT_BYTES = 4 * 1024 * 1024
@@ -69,6 +83,11 @@ _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
 
 Record = tuple[Any, list[Any]]
 """One request's rows: its ``requests`` row and its ``attempts`` rows."""
+
+
+class JournalInUse(ConfigError):
+    """Another running process (or recorder) holds this journal: it replays and deletes its
+    segments, so a second one must use its own."""
 
 
 def encode(record: Record) -> bytes:
@@ -88,6 +107,8 @@ class Journal:
         self.opened_at = time.monotonic()
         self.regular = True
         """False for a device or pipe (``/dev/full``): never renamed, cut or deleted."""
+        self.lock_fd: int | None = None
+        """The open lock file while this process holds the journal (see :meth:`start`)."""
 
     # --- the active segment ----------------------------------------------------------------------
 
@@ -95,8 +116,10 @@ class Journal:
         """Take over what an earlier process left: its active file becomes a closed segment.
         Returns every closed segment, oldest first, and opens a new, empty active segment.
 
-        Raises OSError when the journal cannot be opened (the caller logs it; appends retry)."""
+        Raises OSError when the journal cannot be opened (the caller logs it; appends retry), and
+        :class:`JournalInUse` when another process holds it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._hold()
         if self.path.is_file() and self.path.stat().st_size:
             os.rename(self.path, self._next_segment())
         segments = self.segments()
@@ -142,6 +165,7 @@ class Journal:
             self.fd = None
         if discard and self.regular:
             self.path.unlink(missing_ok=True)
+        self._release()
 
     def _open(self) -> None:
         fd = os.open(self.path, _FLAGS, 0o600)
@@ -149,6 +173,55 @@ class Journal:
         self.fd, self.size = fd, info.st_size
         self.regular = stat.S_ISREG(info.st_mode)
         self.opened_at = time.monotonic()
+
+    # --- the lock ---------------------------------------------------------------------------------
+
+    @property
+    def lock_path(self) -> Path:
+        """The lock file: hidden, beside the journal, so it is never taken for a segment."""
+        return self.path.with_name(f".{self.path.name}.lock")
+
+    def _hold(self) -> None:
+        """Take the journal's lock for as long as this object has it open; raises
+        :class:`JournalInUse` when another holder has it. A device (``/dev/full``) is not locked."""
+        if fcntl is None or self.lock_fd is not None or (self.path.exists()
+                                                          and not self.path.is_file()):
+            return
+        while True:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
+                         0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise JournalInUse(
+                    f"record.journal: {self.path} is in use by another running gateway (or "
+                    "recorder); every gateway, every replica of one, needs its own journal: set "
+                    "record.journal to a path of its own") from None
+            except OSError:
+                os.close(fd)
+                raise
+            # The last holder deletes the file when it lets go: if it did between our open and
+            # our lock, we hold a deleted file; take the one that is there now.
+            try:
+                current = os.stat(self.lock_path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and os.path.samestat(os.fstat(fd), current):
+                self.lock_fd = fd
+                return
+            os.close(fd)
+
+    def _release(self) -> None:
+        """Let go of the lock: the file is deleted while still held, then closed."""
+        if self.lock_fd is None:
+            return
+        try:
+            self.lock_path.unlink(missing_ok=True)
+        except OSError:  # left behind: harmless, the next holder locks it again
+            pass
+        os.close(self.lock_fd)
+        self.lock_fd = None
 
     def _cut(self) -> None:
         """Remove what a failed write may have left, so the next line starts a line."""

@@ -1,5 +1,5 @@
-"""The request record: SQLite rows of metadata per request and per attempt, and what
-``turnout stats`` shows.
+"""The request record: rows of metadata per request and per attempt, in SQLite (the default) or
+PostgreSQL (``record.backend``), and what ``turnout stats`` shows.
 
 A ``requests`` row holds who asked for what, which model answered, what the whole request cost,
 how long it took and why the gateway decided as it did; an ``attempts`` row holds one call to one
@@ -8,29 +8,34 @@ model (its status, error kind, latency, tokens and cost). Never the messages or 
 The ``record`` hook builds a request's rows on the event loop (redacting only text the cheap
 prefilter flags) and appends them as one line to the journal (:mod:`.record_journal`) before the
 answer's last byte leaves, so a killed gateway loses no record: the next start replays what the
-database is missing. A background thread inserts the rows in batches, both tables in one
-transaction, so the loop never waits on the database. A batch the database refuses for the moment
-(locked by another process, disk full, unavailable) is retried with backoff, its rows kept; a row
-that can never be written (a constraint other than a duplicate) is logged and skipped, alone. A
-journal that cannot be written (full disk) raises the ``record_journal_failed`` alert; the rows
-still go to the database. The file is in WAL mode, so ``turnout stats`` can read it while the
+database is missing. A background thread, the one :class:`RecordWriter` for every database,
+inserts the rows in batches, both tables in one transaction, so the loop never waits on the
+database. What differs between databases is a small :class:`Sink`: :class:`SQLiteSink` here,
+``PostgresSink`` in :mod:`.record_postgres` (connect and create the tables, insert a batch, tell a
+refusal for now from a bad row). A batch the database refuses for the moment (locked by another
+process, disk full, server unreachable) is retried with backoff, its rows kept; a row that can
+never be written (a constraint other than a duplicate) is logged and skipped, alone. A journal
+that cannot be written (full disk) raises the ``record_journal_failed`` alert; the rows still go
+to the database. The SQLite file is in WAL mode, so ``turnout stats`` can read it while the
 gateway writes (rows still only in the journal are not shown yet).
 """
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import sqlite3
 import threading
 import time
+import warnings
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import anyio
 import orjson
 import structlog
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from turnout.kernel.errors import ConfigError
 from turnout.kernel.hookspecs import hookimpl
@@ -215,7 +220,45 @@ def _error_kind(error: str | None) -> str | None:
     return redact(error.partition(":")[0].strip()) or None
 
 
-# --- writing -----------------------------------------------------------------------------------
+# --- the databases -----------------------------------------------------------------------------
+
+
+class Sink(Protocol):
+    """One database the record writer fills: all the writer needs to know about it.
+
+    The writer (batches, backoff, journal segments, replay, shutdown) is one for every database. A
+    sink connects and creates its tables when it is made, raising ConfigError that says what to
+    fix when it cannot; then, from the writer thread only, inserts batches and judges failures.
+    """
+
+    where: str
+    """What logs name: the file, or the server (its password masked) and schema."""
+
+    errors: tuple[type[Exception], ...]
+    """What :meth:`insert` raises for a batch it did not commit."""
+
+    def insert(self, records: list[Any], replay: bool) -> int:
+        """Insert the ``requests`` and ``attempts`` rows of ``records`` in one transaction; with
+        ``replay``, rows whose primary key is there already are skipped (ON CONFLICT DO NOTHING).
+        Returns the ``requests`` rows inserted."""
+        ...
+
+    def transient(self, exc: Exception) -> bool:
+        """True when the database cannot take rows for now (locked, full, unreachable), so the
+        batch is retried; False when a row in it is wrong."""
+        ...
+
+    def duplicate(self, exc: Exception) -> bool:
+        """True when ``exc`` says a request with this id is recorded already."""
+        ...
+
+    def reason(self, exc: Exception) -> str:
+        """``exc`` in one line for a log: what the database said, without the rows."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection (the writer thread calls it last)."""
+        ...
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -240,14 +283,93 @@ def _transient(exc: sqlite3.Error) -> bool:
     return code is not None and (code & 0xFF) in _TRANSIENT
 
 
-class RecordWriter:
-    """Journals each finished request's rows on the caller's thread, and inserts them from a
-    thread in batches, one commit per batch; replays the journal at start."""
+class SQLiteSink:
+    """The record in one SQLite file (WAL): ``record.backend = "sqlite"``."""
 
-    def __init__(self, path: str, journal: str | None = None, *,
-                 retry_max_s: float = 5.0) -> None:
-        self.path = path
+    errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+
+    def __init__(self, path: str) -> None:
+        self.where = path
         self.conn = _connect(path)
+
+    def insert(self, records: list[Any], replay: bool) -> int:
+        """Insert ``records`` in one transaction (``BEGIN IMMEDIATE``); the request rows
+        inserted."""
+        conn = self.conn
+        if conn.in_transaction:  # left open by a failed rollback
+            conn.execute("ROLLBACK")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            inserted = _insert(conn, "requests", [row for row, _ in records], replay)
+            _insert(conn, "attempts", [a for _, attempts in records for a in attempts], replay)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise
+        return inserted
+
+    def transient(self, exc: Exception) -> bool:
+        """SQLite's result codes for a database that cannot take rows for now."""
+        return isinstance(exc, sqlite3.Error) and _transient(exc)
+
+    def duplicate(self, exc: Exception) -> bool:
+        """A primary-key violation: the request is recorded already."""
+        return getattr(exc, "sqlite_errorname", "") == "SQLITE_CONSTRAINT_PRIMARYKEY"
+
+    def reason(self, exc: Exception) -> str:
+        """SQLite's message, or its result code's name."""
+        return str(exc) or getattr(exc, "sqlite_errorname", type(exc).__name__)
+
+    def close(self) -> None:
+        """Close the file."""
+        self.conn.close()
+
+
+def _insert(conn: sqlite3.Connection, table: str, rows: list[Any], replay: bool = False) -> int:
+    """Insert ``rows`` into ``table`` (one of :data:`TABLES`), many rows a statement; with
+    ``replay``, rows already there are skipped. Returns the rows inserted."""
+    inserted = 0
+    for start in range(0, len(rows), ROWS_PER_STATEMENT):
+        chunk = rows[start:start + ROWS_PER_STATEMENT]
+        # One statement for many rows: sqlite3 releases the GIL around every step, and a step
+        # per row would make the event loop hand the GIL back and forth.
+        inserted += conn.execute(_insert_many(table, len(chunk), replay),
+                                 [value for row in chunk for value in row]).rowcount
+    return inserted
+
+
+_KEYS = {"requests": "request_id", "attempts": "request_id, n"}
+
+
+@lru_cache(maxsize=32)
+def _insert_many(table: str, count: int, replay: bool = False) -> str:
+    """An INSERT of ``count`` rows into ``table``; for replay, a no-op on rows already there
+    (their primary key; any other constraint still fails)."""
+    columns = TABLES[table]
+    row = f"({', '.join('?' for _ in columns)})"
+    conflict = f" ON CONFLICT ({_KEYS[table]}) DO NOTHING" if replay else ""
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row] * count)}"
+            f"{conflict}")
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+class RecordWriter:
+    """Journals each finished request's rows on the caller's thread, and inserts them through
+    ``sink`` from a thread in batches, one commit per batch; replays the journal at start.
+
+    ``journal`` is the journal's path; None for none (an in-memory database)."""
+
+    def __init__(self, sink: Sink, journal: str | None = None, *,
+                 retry_max_s: float = 5.0) -> None:
+        self.sink = sink
+        self.path = sink.where
+        """What the logs name: the database's file, or its server and schema."""
         self.written = 0
         """Request rows inserted (replayed ones included)."""
         self.retry_max_s = retry_max_s
@@ -263,11 +385,11 @@ class RecordWriter:
         self._delayed_since: float | None = None
         self._delay = RETRY_FIRST_S
         self._rotate_after = 0.0
-        self.journal = None if path == ":memory:" else Journal(journal or f"{path}.journal")
+        self.journal = None if journal is None else Journal(journal)
         leftovers: list[Path] = []
         if self.journal is not None:
             try:
-                leftovers = self.journal.start()
+                leftovers = self.journal.start()  # JournalInUse (another holder) goes up
             except OSError as exc:
                 self._journal_failed(exc)
                 try:
@@ -402,7 +524,7 @@ class RecordWriter:
                 with self._lock:
                     # Clean: everything appended was queued before _STOP and is committed.
                     self.journal.close(discard=clean)
-            self.conn.close()
+            self.sink.close()
 
     def _rotate(self) -> None:
         """Close the active journal segment when it is large or old enough (see record_journal)."""
@@ -459,22 +581,26 @@ class RecordWriter:
 
         A batch the database refuses for now is retried with backoff until it is written; None
         only when the writer gives up at shutdown. Replayed records that are already in the
-        database are no-ops; a live one is a duplicate, logged.
+        database are no-ops; a live one is a duplicate, logged. A retried batch is written as a
+        replay: the connection may have been lost while its commit was under way, after the
+        server had it.
         """
         inserted = 0
         pending = records
         try:
             while pending:
                 try:
-                    inserted += self._commit(pending, replay)
+                    inserted += self.sink.insert(pending, replay)
                     pending = []
-                except sqlite3.Error as exc:
-                    if _transient(exc):
+                except self.sink.errors as exc:
+                    if self.sink.transient(exc):
                         self._wait(exc, len(pending))
+                        replay = True
                         continue
                     # A bad row fails the whole batch: write request by request to find it.
                     pending, done = self._one_by_one(pending, replay)
                     inserted += done
+                    replay = replay or bool(pending)
         except _GiveUp:
             return None
         if self._delayed_since is not None:
@@ -490,45 +616,25 @@ class RecordWriter:
         inserted = 0
         for i, record in enumerate(records):
             try:
-                inserted += self._commit([record], replay)
-            except sqlite3.Error as exc:
-                if _transient(exc):
+                inserted += self.sink.insert([record], replay)
+            except self.sink.errors as exc:
+                if self.sink.transient(exc):
                     self._wait(exc, len(records) - i)
                     return records[i:], inserted
                 reason = ("a request with this id is already recorded"
-                          if getattr(exc, "sqlite_errorname", "") == "SQLITE_CONSTRAINT_PRIMARYKEY"
-                          else str(exc))
+                          if self.sink.duplicate(exc) else self.sink.reason(exc))
                 log.error("record_write_failed", request_id=record[0][0], error=reason,
                           path=self.path)
         return [], inserted
 
-    def _commit(self, records: list[Any], replay: bool) -> int:
-        """Insert ``records`` in one transaction; the request rows inserted."""
-        conn = self.conn
-        if conn.in_transaction:  # left open by a failed rollback
-            conn.execute("ROLLBACK")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            inserted = _insert(conn, "requests", [row for row, _ in records], replay)
-            _insert(conn, "attempts", [a for _, attempts in records for a in attempts], replay)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                try:
-                    conn.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
-            raise
-        return inserted
-
-    def _wait(self, exc: sqlite3.Error, rows: int) -> None:
+    def _wait(self, exc: Exception, rows: int) -> None:
         """Pause before retrying a refused batch; logs once per episode. Raises _GiveUp once the
         writer has been closing for :data:`CLOSE_RETRY_S`."""
         now = time.monotonic()
         if self._delayed_since is None:
             self._delayed_since, self._delay = now, RETRY_FIRST_S
             log.warning("record_write_delayed", path=self.path, rows=rows,
-                        reason=str(exc) or getattr(exc, "sqlite_errorname", type(exc).__name__),
+                        reason=self.sink.reason(exc),
                         consequence="rows are kept and retried until the database takes them")
         pause = self._delay
         if self._closing_at is not None:
@@ -571,55 +677,115 @@ def _delete(segment: Path) -> None:
         log.warning("record_journal_not_deleted", path=str(segment), error=str(exc))
 
 
-def _insert(conn: sqlite3.Connection, table: str, rows: list[Any], replay: bool = False) -> int:
-    """Insert ``rows`` into ``table`` (one of :data:`TABLES`), many rows a statement; with
-    ``replay``, rows already there are skipped. Returns the rows inserted."""
-    inserted = 0
-    for start in range(0, len(rows), ROWS_PER_STATEMENT):
-        chunk = rows[start:start + ROWS_PER_STATEMENT]
-        # One statement for many rows: sqlite3 releases the GIL around every step, and a step
-        # per row would make the event loop hand the GIL back and forth.
-        inserted += conn.execute(_insert_many(table, len(chunk), replay),
-                                 [value for row in chunk for value in row]).rowcount
-    return inserted
+# --- settings and the plugin -------------------------------------------------------------------
+
+with warnings.catch_warnings():
+    # ``schema`` is the config's word (record.schema); pydantic warns that the field hides the
+    # deprecated ``BaseModel.schema()``, which nothing here calls.
+    warnings.filterwarnings("ignore", message='Field name "schema"', category=UserWarning)
+
+    class RecordSettings(BaseModel):
+        """The request log: the ``[record]`` table."""
+
+        model_config = ConfigDict(extra="forbid", frozen=True)
+
+        enabled: bool = Field(default=True, description="Record every request.")
+        backend: Literal["sqlite", "postgres"] = Field(
+            default="sqlite", description="Where the rows go: 'sqlite', the file record.path of "
+            "this gateway; or 'postgres', the server record.dsn, which every replica can share.")
+        path: str = Field(default="turnout.db", description="SQLite file (WAL); ':memory:' for "
+                          "none on disk. With backend 'postgres' only its folder is used, for "
+                          "the default journal.")
+        dsn: str | None = Field(
+            default=None, validate_default=True, repr=False, description="With backend "
+            "'postgres' (required then): the server, as postgresql://USER[:PASSWORD]@HOST:PORT/"
+            "DATABASE or 'host=... dbname=...'. Its password is masked in every log and error; "
+            "better keep it out of the file (${VAR}, PGPASSWORD or ~/.pgpass).")
+        schema: str = Field(
+            default="public", min_length=1, max_length=63, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+            description="With backend 'postgres': the schema of the record's tables (requests, "
+            "attempts, feedback, the spend view and schema_migrations), created if missing; "
+            "every statement runs with search_path set to it.")
+        journal: str | None = Field(
+            default=None, description="Append-only file each request's rows reach before the "
+            "answer's last byte leaves; what the database lacks after a crash is replayed from "
+            "it at the next start. Each gateway, each replica, needs its own: one held by a "
+            "running gateway cannot be opened by another. Unset: '<path>.journal' with sqlite "
+            "(none for ':memory:'); with postgres 'turnout-record-<server and schema "
+            "hash>-<server.port>.journal' in record.path's folder, so that gateways on one "
+            "machine differ. Closed segments beside it are '<journal>.N'.")
+        retry_max_s: float = Field(
+            default=5.0, gt=0, description="Longest pause between retries of rows the database "
+            "refuses for now (locked by another process, disk full, server unreachable): they "
+            "wait, in memory and in the journal, and are not dropped.")
+
+        @field_validator("dsn")
+        @classmethod
+        def _dsn_with_postgres(cls, dsn: str | None, info: ValidationInfo) -> str | None:
+            """A dsn goes with backend 'postgres', and only with it; its password becomes a
+            secret, masked wherever it would show."""
+            if "backend" not in info.data:  # the backend itself is wrong: reported on its own
+                return dsn
+            postgres = info.data["backend"] == "postgres"
+            if dsn is None and postgres:
+                raise ValueError('required with backend = "postgres": where the server is, e.g. '
+                                 '"postgresql://postgres@127.0.0.1:5432/turnout"')
+            if dsn is not None and not postgres:
+                raise ValueError('set, but backend is "sqlite": set backend = "postgres" to '
+                                 "record there, or remove dsn")
+            if dsn is None:
+                return None
+            from .record_postgres import check_dsn
+
+            return check_dsn(dsn)
+
+        def journal_path(self, port: int | None = None) -> str | None:
+            """The journal's path: ``record.journal``, else the default of the backend (see the
+            field); ``port`` is the gateway's ``server.port``. None: no journal (':memory:')."""
+            if self.journal is not None:
+                return self.journal
+            if self.backend == "sqlite":
+                return None if self.path == ":memory:" else f"{self.path}.journal"
+            from .record_postgres import server_identity
+
+            digest = hashlib.sha256(f"{server_identity(self.dsn or '')}|{self.schema}".encode())
+            name = f"turnout-record-{digest.hexdigest()[:12]}"
+            if port:
+                name += f"-{port}"
+            return str(Path(self.path).with_name(f"{name}.journal"))
 
 
-_KEYS = {"requests": "request_id", "attempts": "request_id, n"}
+def open_sink(settings: RecordSettings) -> Sink:
+    """The sink of ``record.backend``, connected and with its tables; ConfigError when the
+    database cannot be opened, saying what to fix."""
+    if settings.backend == "postgres":
+        from .record_postgres import PostgresSink
+
+        return PostgresSink(settings.dsn or "", settings.schema)
+    return SQLiteSink(settings.path)
 
 
-@lru_cache(maxsize=32)
-def _insert_many(table: str, count: int, replay: bool = False) -> str:
-    """An INSERT of ``count`` rows into ``table``; for replay, a no-op on rows already there
-    (their primary key; any other constraint still fails)."""
-    columns = TABLES[table]
-    row = f"({', '.join('?' for _ in columns)})"
-    conflict = f" ON CONFLICT ({_KEYS[table]}) DO NOTHING" if replay else ""
-    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([row] * count)}"
-            f"{conflict}")
+def open_writer(settings: RecordSettings, port: int | None = None) -> RecordWriter:
+    """A running writer for ``settings``: its sink opened, its journal taken and replaying
+    (``port``: the gateway's, for the default journal's name)."""
+    sink = open_sink(settings)
+    try:
+        return RecordWriter(sink, settings.journal_path(port), retry_max_s=settings.retry_max_s)
+    except BaseException:
+        sink.close()
+        raise
 
 
-class RecordSettings(BaseModel):
-    """The request log: the ``[record]`` table."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = Field(default=True, description="Record every request.")
-    path: str = Field(default="turnout.db", description="SQLite file (WAL); ':memory:' for none "
-                      "on disk.")
-    journal: str | None = Field(
-        default=None, description="Append-only file each request's rows reach before the "
-        "answer's last byte leaves; what the database lacks after a crash is replayed from it at "
-        "the next start. Unset: '<path>.journal' (none for ':memory:'); closed segments beside "
-        "it are '<journal>.N'.")
-    retry_max_s: float = Field(
-        default=5.0, gt=0, description="Longest pause between retries of rows the database "
-        "refuses for now (locked by another process, disk full): they wait, in memory and in the "
-        "journal, and are not dropped.")
+def _server_port(kernel: Any) -> int | None:
+    """The port the gateway serves on; None for a stand-in kernel without a config."""
+    server = getattr(getattr(kernel, "config", None), "server", None)
+    return getattr(server, "port", None)
 
 
 class SQLiteRecorder:
-    """The ``record`` plugin: writes one row per finished request (and one per attempt) to
-    ``record.path``. A row's cost, tokens and attempts include its sub-requests'."""
+    """The ``record`` plugin: writes one row per finished request (and one per attempt) to the
+    database of ``record.backend``, SQLite (``record.path``) or PostgreSQL (``record.dsn``). A
+    row's cost, tokens and attempts include its sub-requests'."""
 
     name = "record"
     Settings = RecordSettings
@@ -630,14 +796,14 @@ class SQLiteRecorder:
 
     @hookimpl
     async def startup(self, kernel: Any) -> None:
-        """Open the request log, replay its journal and start its writer, unless
-        ``record.enabled`` is false."""
+        """Open the request log (creating or migrating its tables), replay its journal and start
+        its writer, unless ``record.enabled`` is false."""
         settings: RecordSettings = kernel.plugin_settings(self)
         if not settings.enabled or self.writer is not None:
             return
         self.kernel = kernel
         self.writer = await anyio.to_thread.run_sync(partial(
-            RecordWriter, settings.path, settings.journal, retry_max_s=settings.retry_max_s))
+            open_writer, settings, _server_port(kernel)))
         if self.writer.alerts:  # the journal could not be opened
             await self._alert()
 
@@ -672,7 +838,8 @@ class SQLiteRecorder:
                 await deliver(alert)
 
     def flush(self, timeout: float = 10) -> bool:
-        """Block until every row recorded so far is on disk (tests, ``turnout stats`` in-process)."""
+        """Block until every row recorded so far is in the database (tests, ``turnout stats``
+        in-process)."""
         return self.writer.flush(timeout) if self.writer is not None else True
 
     @hookimpl

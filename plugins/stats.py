@@ -1,7 +1,9 @@
 """``turnout stats``: what the request log says, per request and per attempt.
 
-Reads the SQLite log the ``record`` plugin writes (read-only, while the gateway writes), and
-registers the ``stats`` command through the record plugin.
+Reads the log the ``record`` plugin writes, while the gateway writes: the SQLite file
+(read-only), or with ``record.backend = "postgres"`` the record's PostgreSQL schema (one
+read-only snapshot, through :func:`turnout.plugins.record_postgres.read_rows`). The command is
+registered through the record plugin.
 """
 
 from __future__ import annotations
@@ -71,6 +73,25 @@ def summarize(path: str, *, since: float | None = None) -> dict[str, Any]:
     route None). A log written before attempts were recorded has no ``attempts`` table:
     ``by_model`` is then empty.
     """
+    requests, attempts = _read_sqlite(path, since)
+    return summarize_rows(requests, attempts, where=path, since=since)
+
+
+def summarize_postgres(dsn: str, schema: str = "public", *,
+                       since: float | None = None) -> dict[str, Any]:
+    """:func:`summarize` of a PostgreSQL record (``record.backend = "postgres"``): the same
+    figures from the same rows, read in one snapshot from ``schema``; ConfigError when the server
+    cannot be reached or holds no record there."""
+    from .record_postgres import masked, read_rows
+
+    requests, attempts = read_rows(dsn, schema, since)
+    return summarize_rows(requests, attempts, where=f"{masked(dsn)} (schema {schema})",
+                          since=since)
+
+
+def _read_sqlite(path: str, since: float | None) -> tuple[list[Any], list[Any]]:
+    """The top-level requests and every attempt created at or after ``since``, from the SQLite
+    log at ``path`` in one snapshot (no attempts from a log that predates them)."""
     window = (since if since is not None else -math.inf,)
     conn = open_log(path)
     try:
@@ -88,7 +109,14 @@ def summarize(path: str, *, since: float | None = None) -> dict[str, Any]:
             attempts = []
     finally:
         conn.close()
+    return requests, attempts
 
+
+def summarize_rows(requests: list[Any], attempts: list[Any], *, where: str,
+                   since: float | None = None) -> dict[str, Any]:
+    """The figures of :func:`summarize` from rows already read: ``requests`` as (route, status,
+    cost_usd, latency_ms, overhead_ms) of top-level requests, ``attempts`` as (model, provider,
+    status, cost_usd, latency_ms, input_tokens, output_tokens); ``where`` names the log."""
     latencies: list[float] = []
     overheads: list[float] = []
     counts = {"ok": 0, "error": 0, "cancelled": 0}
@@ -121,7 +149,7 @@ def summarize(path: str, *, since: float | None = None) -> dict[str, Any]:
     latencies.sort()
     overheads.sort()
     return {
-        "path": path, "since": since, "requests": len(requests), "ok": counts["ok"],
+        "path": where, "since": since, "requests": len(requests), "ok": counts["ok"],
         "errors": counts["error"], "cancelled": counts["cancelled"],
         "spend_usd": round(spend, 8),
         "latency_ms": {f"p{p}": _ms(percentile(latencies, p)) for p in (50, 95, 99)},
@@ -229,23 +257,59 @@ def parse_age(text: str) -> float:
 
 def arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``turnout stats``."""
-    parser.add_argument("--config", help="config file (for record.path); provider secrets "
-                        "need not be set")
+    parser.add_argument("--config", help="config file (for record.backend, record.path or "
+                        "record.dsn); provider secrets need not be set")
     parser.add_argument("--db", help="SQLite record file (default: record.path)")
+    parser.add_argument("--dsn", help="PostgreSQL record to read instead (default: record.dsn "
+                        "when record.backend is postgres)")
+    parser.add_argument("--schema", help="its schema (default: record.schema, public)")
     parser.add_argument("--since", metavar="AGE", help="only requests newer than AGE: 30m, 24h, "
                         "7d")
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
 def run(args: argparse.Namespace) -> int:
-    """``turnout stats``: print the summary of the request log."""
-    from .sqlite_recorder import RecordSettings
-
-    path = args.db
-    if path is None:
-        config = config_module.load(args.config, lenient_env=True, references=False)
-        path = RecordSettings.model_validate(config.section("record") or {}).path
+    """``turnout stats``: print the summary of the request log: ``--db`` or ``--dsn`` if given,
+    else the one the config's ``[record]`` names."""
     since = time.time() - parse_age(args.since) if args.since else None
-    summary = summarize(path, since=since)
+    path, dsn, schema = args.db, getattr(args, "dsn", None), getattr(args, "schema", None)
+    if path is None and dsn is None:
+        settings = _record_settings(args.config)
+        if settings.backend == "postgres":
+            dsn, schema = settings.dsn, schema or settings.schema
+        else:
+            path = settings.path
+    elif dsn is not None:
+        dsn = _checked_dsn(dsn)
+    if dsn is not None:
+        summary = summarize_postgres(dsn, schema or "public", since=since)
+    else:
+        summary = summarize(path, since=since)
     print(json.dumps(summary, indent=2) if args.json else render_stats(summary))
     return 0
+
+
+def _record_settings(config_path: str | None) -> Any:
+    """The config's ``[record]`` table, validated; secrets elsewhere in it need not be set."""
+    from pydantic import ValidationError
+
+    from .sqlite_recorder import RecordSettings
+
+    config = config_module.load(config_path, lenient_env=True, references=False)
+    try:
+        return RecordSettings.model_validate(config.section("record") or {})
+    except ValidationError as exc:
+        found = "; ".join(f"record.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                          for e in exc.errors())
+        raise ConfigError(f"{config.source or 'config'}: {found}; fix [record] (turnout config check "
+                          "lists every problem)") from None
+
+
+def _checked_dsn(dsn: str) -> str:
+    """``--dsn`` once it parses, its password then masked wherever it would show."""
+    from .record_postgres import check_dsn
+
+    try:
+        return check_dsn(dsn)
+    except ValueError as exc:
+        raise ConfigError(f"--dsn: {exc}") from None
