@@ -75,6 +75,7 @@ BUILTINS = {
     "json_validator": "turnout.plugins.json_validator",
     "budgets": "turnout.plugins.budgets:Budgets",
     "rate_limits": "turnout.plugins.rate_limits:RateLimits",
+    "cache": "turnout.plugins.cache:ResponseCache",
     "record": "turnout.plugins.sqlite_recorder:SQLiteRecorder",
     "request_log": "turnout.plugins.request_log",
     "log_alerts": "turnout.plugins.log_alerts",
@@ -661,10 +662,11 @@ class Kernel:
         scope = anyio.fail_after(step.timeout_s) if step.timeout_s else nullcontext()
         with scope:
             result = await self._call(ctx, step)
-            if isinstance(result, Completion):
-                self._settle(ctx, step, attempt, result)
+            if isinstance(result, Completion):  # a whole answer (a cache hit): settled and
+                self._settle(ctx, step, attempt, result)  # judged now, replayed as chunks
                 await self._validate(ctx, attempt, result)
-                result = _replay(result)
+                chunks = _replay(result)
+                return Started(await anext(chunks), chunks, step, attempt, completion=result)
             try:
                 first = await anext(result)
             except StopAsyncIteration:

@@ -253,3 +253,25 @@ async def test_route_settings_a_plugin_declares_are_keys_of_every_route() -> Non
     assert "routes.a.memo: Input should be a valid string" in str(info.value)
     assert "routes.a.other: unknown key" in str(info.value) and "(memo)" in str(info.value)
     assert "plugins 'memoiser' and 'rival' both declare the route key 'memo'" in str(info.value)
+
+
+async def test_a_whole_answer_for_a_stream_is_judged_before_it_is_replayed() -> None:
+    from turnout.kernel.types import Completion, Usage
+
+    class Canned:
+        @hookimpl(tryfirst=True)
+        def call(self, ctx, step):
+            if step.model.name == "small":
+                return Completion(content="not json", usage=Usage(3, 2), cached=True)
+            return None
+
+    kernel, provider, _ = kernel_for({"big": [["{", "}"]]}, plugins={"canned": Canned()})
+    async with kernel:
+        stream = await kernel.ask_stream(ask(model="chain",
+                                             response_format={"type": "json_object"}))
+        text = "".join([c.content or "" for c in await collect(stream)])
+        canned = await kernel.ask_stream(ask(model="small"))
+        await collect(canned)
+    assert text == "{}" and provider.calls == ["big"], "the failed canned answer fell back"
+    assert [a.status for a in stream.ctx.attempts] == ["rejected", "ok"]
+    assert canned.ctx.completion.cached and canned.answer.cost_usd == 0
