@@ -1,4 +1,5 @@
-"""The ``turnout`` command: serve the gateway, check config, explain routes, show stats."""
+"""The ``turnout`` command: serve the gateway, check config, explain routes; plugins add the
+rest (``stats``; ``keys`` and ``budget``, which talk to a running gateway's admin API)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ EPILOG = """commands:
   config check FILE     validate a config file, plugins included; lists every problem
   config docs           print the configuration reference
   route --explain TEXT  show how a prompt would be routed, without calling any model
-  keys hash KEY         print the SHA-256 to put in server.api_keys
 {plugin_commands}
 The config file comes from --config or $TURNOUT_CONFIG; without either, the embedded defaults
 (a simulated fleet, plus real providers for OPENAI_API_KEY, ANTHROPIC_API_KEY, GEMINI_API_KEY)."""
@@ -59,12 +59,6 @@ def parser(commands: Registry[Command] | None = None) -> argparse.ArgumentParser
     route.add_argument("--explain", required=True, metavar="PROMPT", help="the prompt")
     route.add_argument("--model", default="auto", help="model or route to ask for (default auto)")
     route.add_argument("--config", help="config file")
-
-
-    keys = sub.add_parser("keys", help="API key tools")
-    keys_sub = keys.add_subparsers(dest="keys_command", metavar="SUBCOMMAND")
-    keys_hash = keys_sub.add_parser("hash", help="print the SHA-256 of a key for server.api_keys")
-    keys_hash.add_argument("key")
     for name in commands.names():
         command = commands[name]
         added = sub.add_parser(name, help=command.help)
@@ -95,11 +89,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "route":
             print(json.dumps(anyio.run(explain, args), indent=2, default=str))
             return 0
-        if args.command == "keys" and args.keys_command == "hash":
-            from turnout.adapters.http.auth import hash_key
-
-            print(hash_key(args.key))
-            return 0
     except TurnoutError as exc:
         print(f"turnout: {exc.message}", file=sys.stderr)
         return 2
@@ -128,15 +117,20 @@ def serve(args: argparse.Namespace) -> int:
     config = config_module.load(args.config)
     server = config.server.model_copy(update={k: v for k, v in (("host", args.host),
                                                                 ("port", args.port)) if v})
-    if not server.api_keys and server.host not in LOOPBACK:
-        raise ConfigError(f"--host {server.host} is not loopback and no server.api_keys are "
-                          "configured; add a key (turnout keys hash) or bind 127.0.0.1")
+    if server.open and server.host not in LOOPBACK:
+        raise ConfigError(f"--host {server.host} is not loopback and no server.api_keys (nor "
+                          "server.admin_key) are configured; add a key (turnout keys hash) or "
+                          "bind 127.0.0.1")
     config = config.model_copy(update={"server": server})
     configure_logging(config.logging)
     kernel = Kernel(config)
     kernel.load_plugins()
-    note = ("no API keys configured: accepting requests without a key, on loopback only"
-            if not server.api_keys else f"{len(server.api_keys)} API keys configured")
+    if server.open:
+        note = "no API keys configured: accepting requests without a key, on loopback only"
+    else:
+        note = f"{len(server.api_keys)} API keys configured"
+        note += ("; admin API on (/admin/), keys made at run time accepted"
+                 if server.admin_key is not None else "; admin API off (no server.admin_key)")
     print(f"turnout: serving on http://{server.host}:{server.port}/v1 "
           f"({config.source}); {note}", file=sys.stderr, flush=True)
     # uvicorn with the edge's limits (server.header_timeout_s, max_connections, ...): see

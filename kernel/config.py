@@ -67,6 +67,10 @@ class ApiKey(Section):
         return hashlib.sha256(self.key.get_secret_value().encode()).hexdigest()  # type: ignore[union-attr]
 
 
+ADMIN_KEY_MIN_LENGTH = 16
+"""Shortest ``server.admin_key`` accepted."""
+
+
 class Server(Section):
     """The HTTP API."""
 
@@ -74,7 +78,15 @@ class Server(Section):
                       "gateway refuses any address but loopback.")
     port: int = Field(default=4000, ge=0, le=65535, description="Port to bind; 0 picks a free one.")
     api_keys: list[ApiKey] = Field(default_factory=list, description="Keys clients must send as "
-                                   "'Authorization: Bearer KEY'. Empty: no key needed, loopback only.")
+                                   "'Authorization: Bearer KEY'. Empty, and no admin_key: no key "
+                                   "needed, loopback only.")
+    admin_key: SecretStr | None = Field(
+        default=None,
+        description="The admin API's key, usually as ${TURNOUT_ADMIN_KEY}: clients of /admin/ "
+        "(and 'turnout keys' and 'turnout budget') send it as 'Authorization: Bearer KEY' to "
+        "create and revoke gateway keys and set budgets and rate limits at run time. At least 16 "
+        "characters; it is not a gateway key (it cannot make chat requests). Unset (or empty): "
+        "the admin API is off. Set, the gateway always asks for a key, even with no api_keys.")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024,
                                 description="Largest request body accepted; larger gets 413.")
     request_timeout_s: float = Field(default=600, gt=0,
@@ -111,6 +123,25 @@ class Server(Section):
                                       "once; requests in flight get this long to finish. Then "
                                       "their connections are closed and the requests cancelled "
                                       "(recorded as 'cancelled').")
+
+    @field_validator("admin_key", mode="before")
+    @classmethod
+    def _empty_admin_key_is_none(cls, value: Any) -> Any:
+        # ${TURNOUT_ADMIN_KEY:-} with the variable unset: the admin API is off, not an error.
+        return None if value == "" else value
+
+    @field_validator("admin_key")
+    @classmethod
+    def _long_admin_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < ADMIN_KEY_MIN_LENGTH:
+            raise ValueError(f"must be at least {ADMIN_KEY_MIN_LENGTH} characters; make one "
+                             "with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        return value
+
+    @property
+    def open(self) -> bool:
+        """True when requests need no key: no ``api_keys`` and no ``admin_key`` (loopback only)."""
+        return not self.api_keys and self.admin_key is None
 
 
 # --- providers and models ----------------------------------------------------------------------
@@ -296,9 +327,10 @@ class Config(Section):
         if self.routing.default is not None and self.routing.default not in self.routes:
             found.append((("routing", "default"), f"no route {self.routing.default!r}; "
                           f"routes: {sorted(self.routes)}"))
-        if not self.server.api_keys and self.server.host not in LOOPBACK:
+        if self.server.open and self.server.host not in LOOPBACK:
             found.append((("server", "host"), f"{self.server.host!r} is not loopback and no "
-                          "server.api_keys are set; add a key or bind 127.0.0.1"))
+                          "server.api_keys (nor server.admin_key) are set; add a key or bind "
+                          "127.0.0.1"))
         return found
 
     def fail(self, problems: list[Problem]) -> None:

@@ -81,6 +81,7 @@ BUILTINS = {
     "log_alerts": "turnout.plugins.log_alerts",
     "telemetry": "turnout.plugins.telemetry:Telemetry",
     "metrics": "turnout.plugins.metrics:Metrics",
+    "admin": "turnout.plugins.admin:Admin",
     "providers": "turnout.adapters.providers",
     "simulation": "turnout.adapters.simulated.plugin:Simulation",
     "stores": "turnout.adapters.stores",

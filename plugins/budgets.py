@@ -31,8 +31,16 @@ low (``when = { budget_left = "< 0.2" }``); ``filter_candidates`` drops the mode
 worst-case cost no longer fits (while one that fits is left), and models whose own budget is
 spent.
 
-Keys in the store: ``budget:<scope>:<value>:<window id>`` (a ledger), and
-``budget-alert:<ledger>:<threshold>`` (a lock).
+**Set at run time.** Beside the config's ``[[budgets]]``, budgets can be added, replaced and
+removed while the gateway runs (``PUT /admin/budgets``, ``turnout budget set``; see the ``admin``
+plugin). They live in the shared store at ``limits:runtime``, so every replica enforces them; a
+runtime budget replaces the config budgets with the same scope, match and window (its spend so
+far still counts: the ledger is the same). Each replica re-reads them at most once a second
+(:class:`RuntimeRules`): a request costs a clock check, and one GET when a second has passed.
+
+Keys in the store: ``budget:<scope>:<value>:<window id>`` (a ledger),
+``budget-alert:<ledger>:<threshold>`` (a lock), and ``limits:runtime`` (the budgets and rate
+limits set at run time, JSON).
 """
 
 from __future__ import annotations
@@ -41,15 +49,16 @@ import datetime as dt
 import math
 import time
 import uuid
-from typing import Literal
+from typing import Any, Callable, Generic, Literal, TypeVar
 
+import orjson
 import structlog
-from pydantic import Field
+from pydantic import BaseModel, Field, ValidationError
 
 from turnout.kernel import tokens
 from turnout.kernel.errors import BudgetExceeded
 from turnout.kernel.hookspecs import hookimpl
-from turnout.kernel.store import Reservation, Store
+from turnout.kernel.store import Reservation, Store, StoreError
 from turnout.kernel.types import Alert, Attempt, Context, Hold, ModelProfile, Step, Usage
 
 from .scopes import REQUEST_SCOPES, ScopedRule, rule_list
@@ -77,6 +86,102 @@ class Budget(ScopedRule):
 
 BudgetList = rule_list(Budget, "Budgets: ``[[budgets]]`` entries, each a spend limit over a "
                                "window for a key, user, team, model, route or everything.")
+
+
+RUNTIME_LIMITS = "limits:runtime"
+"""Store key of the budgets and rate limits set at run time: JSON ``{"budgets": [...],
+"rate_limits": [...]}``, each entry a ``[[budgets]]`` or ``[[rate_limits]]`` table; changed only
+under the store lock of the same name."""
+
+REFRESH_S = 1.0
+"""How often, at most, a replica re-reads the runtime rules."""
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def runtime_entries(raw: bytes | None, kind: str) -> list[dict[str, Any]]:
+    """The entries under ``kind`` (``budgets`` or ``rate_limits``) of the stored runtime
+    limits, as stored; empty when there are none."""
+    if not raw:
+        return []
+    found = orjson.loads(raw)
+    entries = found.get(kind, []) if isinstance(found, dict) else []
+    return [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
+
+
+class RuntimeRules(Generic[R]):
+    """A plugin's rules: the config's, plus those set at run time (the entries under ``kind`` of
+    ``limits:runtime`` in the store, validated by ``model``), where a runtime rule replaces every
+    config rule with the same ``identity``.
+
+    :meth:`refresh` re-reads the store at most once every :data:`REFRESH_S` seconds per replica,
+    so a request costs a clock check (:meth:`due`), and one GET when a second has passed. A
+    store that cannot be read keeps the rules last read (and says so in the log); an entry that
+    does not validate is logged and skipped.
+    """
+
+    def __init__(self, kind: str, model: type[R], identity: Callable[[R], tuple]) -> None:
+        self.kind, self.model, self.identity = kind, model, identity
+        self.config: list[R] = []
+        self.runtime: list[R] = []
+        self.rules: list[R] = []
+        """What applies now: the config rules not replaced, then the runtime ones."""
+        self._raw: bytes | None = None
+        self._due = 0.0
+
+    def configure(self, rules: Any) -> None:
+        """Set the config's rules (at startup)."""
+        self.config = list(rules or ())
+        self._merge()
+
+    def due(self) -> bool:
+        """True when the runtime rules should be read again."""
+        return time.monotonic() >= self._due
+
+    async def refresh(self, store: Store | None, *, force: bool = False) -> list[R]:
+        """The rules that apply, re-read from the store when due (or ``force``)."""
+        if store is None or not (force or self.due()):
+            return self.rules
+        self._due = time.monotonic() + REFRESH_S  # before the GET: one reader per second
+        try:
+            raw = await store.get(RUNTIME_LIMITS)
+        except StoreError as exc:
+            log.warning("runtime_limits_unreadable", kind=self.kind, error=exc.message)
+            return self.rules
+        if raw != self._raw:
+            self._raw = raw
+            self.runtime = self._parse(raw)
+            self._merge()
+        return self.rules
+
+    def _parse(self, raw: bytes | None) -> list[R]:
+        try:
+            entries = runtime_entries(raw, self.kind)
+        except orjson.JSONDecodeError:
+            log.error("runtime_limits_unreadable", kind=self.kind, error="not JSON")
+            return self.runtime
+        rules = []
+        for entry in entries:
+            try:
+                rules.append(self.model.model_validate(entry))
+            except ValidationError as exc:
+                log.error("runtime_rule_invalid", kind=self.kind, entry=entry,
+                          error=str(exc.errors()[0]["msg"]))
+        return rules
+
+    def _merge(self) -> None:
+        replaced = {self.identity(rule) for rule in self.runtime}
+        self.rules = [r for r in self.config if self.identity(r) not in replaced] + self.runtime
+
+    def listing(self) -> list[tuple[R, str]]:
+        """Every rule that applies with where it comes from: ``config`` or ``runtime``."""
+        runtime = {id(rule) for rule in self.runtime}
+        return [(rule, "runtime" if id(rule) in runtime else "config") for rule in self.rules]
+
+
+def budget_identity(rule: Budget) -> tuple:
+    """What a runtime budget replaces: the budgets with the same scope, match and window."""
+    return (rule.scope, rule.match, rule.window)
 
 
 def window_bounds(window: Window, now: float) -> tuple[str, float | None]:
@@ -117,7 +222,7 @@ class Budgets:
     Settings = BudgetList
 
     def __init__(self) -> None:
-        self.rules: list[Budget] = []
+        self.limits: RuntimeRules[Budget] = RuntimeRules("budgets", Budget, budget_identity)
         self.store: Store | None = None
         self.ttl_s = 600.0 + RESERVATION_GRACE_S
         self.alerted: set[tuple[str, float]] = set()
@@ -127,8 +232,18 @@ class Budgets:
     @hookimpl
     def startup(self, kernel) -> None:
         self.kernel = kernel
-        self.rules = list(kernel.plugin_settings(self) or ())
+        self.limits.configure(kernel.plugin_settings(self))
         self.ttl_s = kernel.config.server.request_timeout_s + RESERVATION_GRACE_S
+
+    @property
+    def rules(self) -> list[Budget]:
+        """The budgets that apply: the config's and those set at run time, as last read."""
+        return self.limits.rules
+
+    async def _fresh(self) -> list[Budget]:
+        """:attr:`rules`, re-read from the store when a second has passed since the last read."""
+        limits = self.limits
+        return await limits.refresh(self.kernel.store) if limits.due() else limits.rules
 
     def _ledgers(self, ctx: Context, step: Step, scopes: frozenset[str] | None = None,
                  now: float | None = None) -> list[tuple[Budget, str, str, float | None]]:
@@ -142,14 +257,14 @@ class Budgets:
             if value is None:
                 continue
             window, reset = window_bounds(rule.window, now)
-            found.append((rule, f"budget:{rule.scope}:{value}:{window}", value, reset))
+            found.append((rule, f"budget:{rule.counter(value)}:{window}", value, reset))
         return found
 
     # --- routers see what is left ---------------------------------------------------------------
 
     @hookimpl
     async def classify(self, ctx: Context) -> dict | None:
-        if not self.rules:
+        if not await self._fresh():
             return None
         store = self.kernel.store
         left: float | None = None
@@ -167,7 +282,7 @@ class Budgets:
 
     @hookimpl
     async def filter_candidates(self, ctx: Context) -> None:
-        if not self.rules or not ctx.candidates:
+        if not await self._fresh() or not ctx.candidates:
             return
         left = ctx.labels.get("budget_left_usd")
         store = self.kernel.store
@@ -191,7 +306,7 @@ class Budgets:
 
     @hookimpl
     async def admit(self, ctx: Context, step: Step) -> Hold | None:
-        if not self.rules:
+        if not await self._fresh():
             return None
         ledgers = self._ledgers(ctx, step)
         if not ledgers:
@@ -248,12 +363,13 @@ class Budgets:
         with a ``match`` or the global one (per-value budgets have no single figure)."""
         out = []
         now = time.time()
-        for rule in self.rules:
+        for rule in await self._fresh():
             if rule.scope != "global" and rule.match is None:
                 continue
             value = rule.match or "*"
             window, _ = window_bounds(rule.window, now)
-            spent = await self.kernel.store.ledger_total(f"budget:{rule.scope}:{value}:{window}")
+            spent = await self.kernel.store.ledger_total(
+                f"budget:{rule.counter(value)}:{window}")
             out.append({"scope": rule.scope, "match": rule.match or "", "window": rule.window,
                         "limit_usd": rule.limit_usd, "spent_usd": spent})
         return out

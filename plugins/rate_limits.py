@@ -23,9 +23,19 @@ OpenAI's ``x-ratelimit-*`` headers for the tightest limit that applies:
 ``x-ratelimit-limit-requests``, ``x-ratelimit-remaining-requests``,
 ``x-ratelimit-reset-requests`` and the same for ``-tokens``.
 
-A request refused by one limit has already counted against the limits checked before it (each
-is its own atomic step); it is at most one request too many on those, never a request admitted
-over a limit. Keys in the store: ``ratelimit:<rpm|tpm>:<scope>:<value>`` (sliding windows).
+Every limit that applies to a call is counted in one atomic step of the store: all of them, or,
+when one refuses, none (a refused request uses up nothing).
+
+**Set at run time.** Beside the config's ``[[rate_limits]]``, limits can be added, replaced and
+removed while the gateway runs (``PUT /admin/budgets``, ``turnout budget set --rpm/--tpm``; see the
+``admin`` plugin). They live in the shared store at ``limits:runtime`` beside the runtime budgets,
+so every replica enforces them; a runtime limit replaces the config limits with the same scope and
+match (its window's count so far still counts: the key is the same). Each replica re-reads them at
+most once a second (:class:`~turnout.plugins.budgets.RuntimeRules`).
+
+Keys in the store: ``ratelimit:<rpm|tpm>:<scope>:<value>`` (sliding windows;
+``<scope>/each`` for a limit without ``match``), and
+``limits:runtime`` (read only).
 """
 
 from __future__ import annotations
@@ -35,9 +45,10 @@ from pydantic import Field, model_validator
 from turnout.kernel import tokens
 from turnout.kernel.errors import RateLimited
 from turnout.kernel.hookspecs import hookimpl
-from turnout.kernel.store import Store
+from turnout.kernel.store import Store, WindowAdd
 from turnout.kernel.types import Attempt, Context, Hold, Step
 
+from .budgets import RuntimeRules
 from .scopes import REQUEST_SCOPES, ScopedRule, rule_list
 
 WINDOW_S = 60.0
@@ -67,6 +78,11 @@ RateLimitList = rule_list(RateLimit, "Rate limits: ``[[rate_limits]]`` entries, 
                                      "or everything.")
 
 
+def rate_limit_identity(rule: RateLimit) -> tuple:
+    """What a runtime rate limit replaces: the limits with the same scope and match."""
+    return (rule.scope, rule.match)
+
+
 def _reset(seconds: float | None) -> str:
     """A reset delay the way OpenAI's ``x-ratelimit-reset-*`` headers write it (``1.5s``)."""
     return f"{max(seconds or 0.0, 0.0):.3g}s"
@@ -79,26 +95,34 @@ class RateLimits:
     Settings = RateLimitList
 
     def __init__(self) -> None:
-        self.rules: list[RateLimit] = []
+        self.limits: RuntimeRules[RateLimit] = RuntimeRules("rate_limits", RateLimit,
+                                                            rate_limit_identity)
         self.kernel = None
 
     @hookimpl
     def startup(self, kernel) -> None:
         self.kernel = kernel
-        self.rules = list(kernel.plugin_settings(self) or ())
+        self.limits.configure(kernel.plugin_settings(self))
+
+    @property
+    def rules(self) -> list[RateLimit]:
+        """The limits that apply: the config's and those set at run time, as last read."""
+        return self.limits.rules
 
     @hookimpl
     async def admit(self, ctx: Context, step: Step) -> Hold | None:
-        if not self.rules:
+        limits = self.limits
+        rules = await limits.refresh(self.kernel.store) if limits.due() else limits.rules
+        if not rules:
             return None
         root = ctx.root
         whole_request = COUNTED not in root.state
         root.state[COUNTED] = True
         store: Store = self.kernel.store
         prompt = tokens.prompt_tokens(ctx)
-        token_keys: list[str] = []
-        tightest: dict[str, tuple[float, int, float]] = {}
-        for rule in self.rules:
+        adds: list[WindowAdd] = []
+        counted: list[tuple[RateLimit, str, str, int]] = []  # rule, value, unit, limit
+        for rule in rules:
             value = rule.value(ctx, step)
             if value is None:
                 continue
@@ -107,18 +131,24 @@ class RateLimits:
                                         ("tokens", rule.tpm, float(prompt))):
                 if limit is None or (unit == "requests" and once and not whole_request):
                     continue  # a request counts once; its every call's tokens count
-                key = f"ratelimit:{'rpm' if unit == 'requests' else 'tpm'}:{rule.scope}:{value}"
-                result = await store.window_add(key, amount, window_s=WINDOW_S, limit=limit)
-                remaining = limit - result.total
-                if not result.admitted:
-                    _headers(ctx, {unit: (0, limit, result.retry_after_s or WINDOW_S)})
-                    raise RateLimited(_refusal(rule, value, unit, limit, amount, result),
-                                      retry_after=result.retry_after_s)
-                if unit == "tokens":
-                    token_keys.append(key)
-                if unit not in tightest or remaining < tightest[unit][0]:
-                    tightest[unit] = (remaining, limit, WINDOW_S)
+                kind = "rpm" if unit == "requests" else "tpm"
+                adds.append(WindowAdd(f"ratelimit:{kind}:{rule.counter(value)}", amount,
+                                      WINDOW_S, limit))
+                counted.append((rule, value, unit, limit))
+        if not adds:
+            return None
+        results = await store.window_add_all(adds)  # one atomic step: all counted, or none
+        tightest: dict[str, tuple[float, int, float]] = {}
+        for add, (rule, value, unit, limit), result in zip(adds, counted, results):
+            if not result.admitted:
+                _headers(ctx, {unit: (0, limit, result.retry_after_s or WINDOW_S)})
+                raise RateLimited(_refusal(rule, value, unit, limit, add.amount, result),
+                                  retry_after=result.retry_after_s)
+            remaining = limit - result.total
+            if unit not in tightest or remaining < tightest[unit][0]:
+                tightest[unit] = (remaining, limit, WINDOW_S)
         _headers(ctx, tightest)
+        token_keys = [add.key for add, (_, _, unit, _) in zip(adds, counted) if unit == "tokens"]
         return TokenHold(store, token_keys, prompt) if token_keys else None
 
 
@@ -156,5 +186,5 @@ class TokenHold(Hold):
     async def done(self, attempt: Attempt) -> None:
         more = attempt.usage.output_tokens + max(attempt.usage.input_tokens - self.counted, 0)
         if more > 0:
-            for key in self.keys:
-                await self.store.window_add(key, float(more), window_s=WINDOW_S)
+            await self.store.window_add_all([WindowAdd(key, float(more), WINDOW_S)
+                                             for key in self.keys])

@@ -135,7 +135,8 @@ class Gateway:
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
-        self.keys = KeyRing(kernel.config.server.api_keys)
+        server = kernel.config.server
+        self.keys = KeyRing(server.api_keys, store=lambda: kernel.store, open=server.open)
         self.max_body = kernel.config.server.max_body_bytes
 
     async def chat_completions(self, http: Request) -> Response:
@@ -144,7 +145,7 @@ class Gateway:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         explain = http.headers.get(EXPLAIN_HEADER) == "1"
         try:
-            key = self.authenticate(http)
+            key = await self.authenticate(http)
             request = await self._parse(http)
             headers = {name: value for name, value in http.headers.items()
                        if name not in PRIVATE_HEADERS}
@@ -167,12 +168,12 @@ class Gateway:
         return Response(completion_json(request_id, answer.completion),
                         media_type="application/json", headers=answer_headers(answer, explain))
 
-    def authenticate(self, http: Request) -> ApiKey | None:
-        """The key that was sent (None when the gateway needs none); a failure is logged (why,
-        from where, never the key) and counted (``kernel.counters["auth_failed"]``) before it is
-        raised."""
+    async def authenticate(self, http: Request) -> ApiKey | None:
+        """The key that was sent, a config key or one made at run time (None when the gateway
+        needs none); a failure is logged (why, from where, never the key) and counted
+        (``kernel.counters["auth_failed"]``) before it is raised."""
         try:
-            return self.keys.check(http.headers.get("authorization"))
+            return await self.keys.check(http.headers.get("authorization"))
         except AuthenticationFailed as exc:
             self.kernel.counters["auth_failed"] += 1
             log.warning("auth_failed", reason=exc.message, path=http.url.path,
@@ -216,7 +217,7 @@ class Gateway:
 
     async def models(self, http: Request) -> Response:
         try:
-            self.authenticate(http)
+            await self.authenticate(http)
         except TurnoutError as exc:
             return error_response(exc)
         data = [{"id": AUTO, "object": "model", "created": 0, "owned_by": "turnout"}]
