@@ -24,10 +24,12 @@ minute. A refusal is an OpenAI-style 429, ``type: "budget_exceeded"``,
 100%) the ``budget_threshold`` alert fires, once per budget, window and threshold across all
 replicas (a lock in the store that lasts the window). A refusal fires the 100% alert too.
 
-**Routers see what is left.** ``classify`` labels each request with ``budget_left`` (the
-smallest fraction left among the key, user, team, route and global budgets that apply, 0 to 1)
-and ``budget_left_usd``, so a routing rule can send requests to a cheaper route as a budget runs
-low (``when = { budget_left = "< 0.2" }``); ``filter_candidates`` drops the models whose
+**Routers see what is left.** Requests are labelled ``budget_left`` (the smallest fraction left
+among the key, user, team, route and global budgets that apply, 0 to 1) and ``budget_left_usd``,
+so a routing rule can send requests to a cheaper route as a budget runs low (``when = {
+budget_left = "< 0.2" }``): in ``classify`` when some ``[[routing.rules]]`` entry matches on a
+``budget_left`` label (it costs a store read per budget), else in ``filter_candidates`` when
+there is more than one candidate to choose from. ``filter_candidates`` drops the models whose
 worst-case cost no longer fits (while one that fits is left), and models whose own budget is
 spent.
 
@@ -227,6 +229,7 @@ class Budgets:
         self.ttl_s = 600.0 + RESERVATION_GRACE_S
         self.alerted: set[tuple[str, float]] = set()
         """(ledger, threshold) pairs this process knows have alerted: no store call again."""
+        self.rules_see_left = False
         self.kernel = None
 
     @hookimpl
@@ -234,6 +237,11 @@ class Budgets:
         self.kernel = kernel
         self.limits.configure(kernel.plugin_settings(self))
         self.ttl_s = kernel.config.server.request_timeout_s + RESERVATION_GRACE_S
+        self.rules_see_left = any(label.startswith("budget_left")
+                                  for rule in kernel.config.routing.rules for label in rule.when)
+        """Whether a routing rule matches on budget_left: only then is it read for every
+        request before routing (one store read per budget); otherwise only to choose among
+        several candidates."""
 
     @property
     def rules(self) -> list[Budget]:
@@ -264,8 +272,13 @@ class Budgets:
 
     @hookimpl
     async def classify(self, ctx: Context) -> dict | None:
-        if not await self._fresh():
+        if not self.rules_see_left or not await self._fresh():
             return None
+        return await self._left(ctx)
+
+    async def _left(self, ctx: Context) -> dict | None:
+        """The labels ``budget_left`` and ``budget_left_usd`` for ``ctx``: the tightest of the
+        request-wide budgets that apply; None when none applies."""
         store = self.kernel.store
         left: float | None = None
         left_usd: float | None = None
@@ -284,6 +297,8 @@ class Budgets:
     async def filter_candidates(self, ctx: Context) -> None:
         if not await self._fresh() or not ctx.candidates:
             return
+        if "budget_left" not in ctx.labels and len(ctx.candidates) > 1:
+            ctx.labels.update(await self._left(ctx) or {})
         left = ctx.labels.get("budget_left_usd")
         store = self.kernel.store
         keep: list[tuple[ModelProfile, str]] = []
