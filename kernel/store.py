@@ -211,6 +211,28 @@ class Store(ABC):
     async def unlock(self, key: str, token: str) -> None:
         """Release the lock ``key`` if ``token`` still holds it; otherwise do nothing."""
 
+    # --- single flight in one step: a cache's miss and fill ---------------------------------
+
+    async def get_or_lock(self, key: str, lock: str, token: str,
+                          ttl_s: float) -> tuple[bytes | None, bool]:
+        """The value at ``key``; when there is none, also try to take the lock ``lock`` for
+        ``token`` (as :meth:`try_lock`). Returns the value (or None) and whether the lock was
+        taken. Backends with round trips do both in one; this default does one, then the
+        other (a value stored in between only costs the caller a call it could have spared)."""
+        value = await self.get(key)
+        if value is not None:
+            return value, False
+        return None, await self.try_lock(lock, token, ttl_s)
+
+    async def set_and_unlock(self, key: str, value: bytes, *, ttl_s: float | None, lock: str,
+                             token: str) -> None:
+        """:meth:`set`, then :meth:`unlock` ``lock`` for ``token``: a single-flight leader
+        publishing its answer. Backends with round trips do both in one."""
+        try:
+            await self.set(key, value, ttl_s=ttl_s)
+        finally:
+            await self.unlock(lock, token)
+
     # --- lifetime -----------------------------------------------------------------------------
 
     async def check(self) -> None:  # noqa: B027 - optional hook, deliberately not abstract

@@ -45,8 +45,8 @@ the lock is free (it takes it and goes upstream: the leader failed), or it has w
 itself, which it then does without the lock).
 
 **Cost of a miss.** A request the route does not cache costs a read of the route's settings. A
-cacheable miss costs the key (a dump and a hash), one store ``get`` and one ``try_lock``; its
-``record`` one ``set`` and one ``unlock``. A store error never fails a request: it is logged and
+cacheable miss costs the key (a dump and a hash) and one store operation (``get_or_lock``); its
+``record`` one more (``set_and_unlock``). A store error never fails a request: it is logged and
 the request goes upstream uncached.
 """
 
@@ -213,9 +213,7 @@ class ResponseCache:
             return None
         store = self.kernel.store
         try:
-            raw = await store.get(key)
-            if raw is None:
-                raw = await self._lead_or_wait(ctx, step, store, key, state)
+            raw = await self._lead_or_wait(ctx, step, store, key, state)
         except StoreError as exc:
             log.warning("cache_store_failed", error=str(exc), request_id=ctx.request_id)
             return None
@@ -235,16 +233,19 @@ class ResponseCache:
 
     async def _lead_or_wait(self, ctx: Context, step: Step, store: Any, key: str,
                             state: dict[str, Any]) -> bytes | None:
-        """Take the single-flight lock (None: go upstream and lead), or wait for the entry an
-        identical request in flight stores (its bytes)."""
+        """The entry's bytes if there is one; else take the single-flight lock (None: go
+        upstream and lead), or wait for the entry an identical request in flight stores."""
         lock_key = "cache-lock:" + key.removeprefix("cache:")
         state["lock"] = lock_key
         ttl = self.settings.lock_wait_s
         token = uuid.uuid4().hex
         state["token"] = token  # before taking it: a cancellation in between still releases it
-        if await store.try_lock(lock_key, token, ttl):
+        raw, taken = await store.get_or_lock(key, lock_key, token, ttl)
+        if taken:
             return None
         state["token"] = None
+        if raw is not None:
+            return raw
         wait_s = ttl if not step.timeout_s else min(ttl, step.timeout_s / 2)
         started = anyio.current_time()
         deadline = started + wait_s
@@ -288,7 +289,12 @@ class ResponseCache:
             data = self._entry(ctx)
             if data is not None:
                 if len(data) <= self.settings.max_entry_bytes:
-                    await store.set(state["key"], data, ttl_s=state["ttl_s"])
+                    token, state["token"] = state["token"], None
+                    if token is None:
+                        await store.set(state["key"], data, ttl_s=state["ttl_s"])
+                    else:  # publish and let the waiters in, in one step
+                        await store.set_and_unlock(state["key"], data, ttl_s=state["ttl_s"],
+                                                   lock=state["lock"], token=token)
                 else:
                     log.info("cache_entry_too_large", size=len(data),
                              limit=self.settings.max_entry_bytes, request_id=ctx.request_id)

@@ -333,6 +333,23 @@ class StoreContract:
 
     # --- locks -----------------------------------------------------------------------------------
 
+    async def test_get_or_lock_takes_the_lock_only_when_there_is_no_value(self):
+        store, clock = await self.make()
+        assert await store.get_or_lock("answer", "fill", "leader", 10) == (None, True)
+        assert await store.get_or_lock("answer", "fill", "follower", 10) == (None, False)
+        await store.set_and_unlock("answer", b"42", ttl_s=5, lock="fill", token="leader")
+        assert await store.get_or_lock("answer", "fill", "late", 10) == (b"42", False)
+        assert await store.try_lock("fill", "other", 10), "the leader's lock was released"
+        clock.advance(5)  # the value expired
+        assert await store.get_or_lock("answer", "fill2", "next", 10) == (None, True)
+
+    async def test_set_and_unlock_keeps_a_lock_another_token_holds(self):
+        store, clock = await self.make()
+        assert await store.try_lock("fill", "holder", 10)
+        await store.set_and_unlock("answer", b"v", ttl_s=None, lock="fill", token="stranger")
+        assert await store.get("answer") == b"v"
+        assert not await store.try_lock("fill", "third", 10), "still the holder's"
+
     async def test_a_held_lock_refuses_a_second_holder_that_will_not_wait(self):
         store, _ = await self.make()
         async with store.lock("fill:x", ttl_s=10):

@@ -294,7 +294,33 @@ if redis.call('HGET', KEYS[1], 't') == ARGV[1] then return redis.call('DEL', KEY
 return 0
 """
 
-_SCRIPTS = {"sliding_add_all": _SLIDING_ADD_ALL, "sliding_total": _SLIDING_TOTAL, "fixed_add": _FIXED_ADD,
+# KEYS: value, lock. ARGV: now, token, ttl_s -> {value or false, 1 if the lock was taken}
+_GET_OR_LOCK = _PRELUDE + """
+local held = redis.call('HMGET', KEYS[1], 'v', 'x')
+if held[1] and not (held[2] and tonumber(held[2]) <= now) then return {held[1], 0} end
+if held[1] then redis.call('DEL', KEYS[1]) end
+local x = redis.call('HGET', KEYS[2], 'x')
+if x and tonumber(x) > now then return {false, 0} end
+redis.call('HSET', KEYS[2], 't', ARGV[2], 'x', num(now + tonumber(ARGV[3])))
+redis.call('PEXPIRE', KEYS[2], ms(tonumber(ARGV[3])))
+return {false, 1}
+"""
+
+# KEYS: value, lock. ARGV: now, value, ttl_s or '', token
+_SET_AND_UNLOCK = _PRELUDE + """
+redis.call('DEL', KEYS[1])
+if ARGV[3] == '' then
+  redis.call('HSET', KEYS[1], 'v', ARGV[2])
+else
+  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'x', num(now + tonumber(ARGV[3])))
+  redis.call('PEXPIRE', KEYS[1], ms(tonumber(ARGV[3])))
+end
+if redis.call('HGET', KEYS[2], 't') == ARGV[4] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+_SCRIPTS = {"get_or_lock": _GET_OR_LOCK, "set_and_unlock": _SET_AND_UNLOCK,
+            "sliding_add_all": _SLIDING_ADD_ALL, "sliding_total": _SLIDING_TOTAL, "fixed_add": _FIXED_ADD,
             "fixed_total": _FIXED_TOTAL, "reserve": _RESERVE, "settle": _SETTLE,
             "ledger_total": _LEDGER_TOTAL, "get": _GET, "set": _SET, "delete": _DELETE,
             "lock": _LOCK, "unlock": _UNLOCK}
@@ -439,6 +465,21 @@ class RedisStore(Store):
 
     async def unlock(self, key: str, token: str) -> None:
         await self._run("unlock", [self._key("lock", key)], token)
+
+    async def get_or_lock(self, key: str, lock: str, token: str,
+                          ttl_s: float) -> tuple[bytes | None, bool]:
+        check_number("ttl_s", ttl_s, positive=True)
+        value, taken = await self._run("get_or_lock", [self._key("value", key),
+                                                       self._key("lock", lock)],
+                                       self._now(), token, _num(ttl_s))
+        return value, bool(taken)
+
+    async def set_and_unlock(self, key: str, value: bytes, *, ttl_s: float | None, lock: str,
+                             token: str) -> None:
+        if ttl_s is not None:
+            check_number("ttl_s", ttl_s, positive=True)
+        await self._run("set_and_unlock", [self._key("value", key), self._key("lock", lock)],
+                        self._now(), bytes(value), "" if ttl_s is None else _num(ttl_s), token)
 
     # --- lifetime ---------------------------------------------------------------------------------
 
