@@ -64,8 +64,15 @@ from turnout.kernel.hookspecs import hookimpl
 from turnout.kernel.observability import register_secret
 from turnout.kernel.store import Store
 
-from .budgets import RUNTIME_LIMITS, Budget, Budgets, budget_identity, window_bounds
-from .rate_limits import WINDOW_S, RateLimit, RateLimits, rate_limit_identity
+from .budgets import (
+    RUNTIME_LIMITS,
+    Budget,
+    Budgets,
+    budget_identity,
+    ledger_key,
+    window_bounds,
+)
+from .rate_limits import WINDOW_S, RateLimit, RateLimits, rate_limit_identity, window_key
 
 log = structlog.get_logger("turnout.admin")
 
@@ -492,7 +499,7 @@ class Admin:
                 entry["resets_at"] = _iso(reset)
                 if rule.scope == "global" or rule.match is not None:
                     value = rule.match or "*"
-                    spent = await store.ledger_total(f"budget:{rule.scope}:{value}:{window}")
+                    spent = await store.ledger_total(ledger_key(rule, value, window))
                     entry["spent_usd"] = round(spent, 8)
                     entry["left_usd"] = round(max(rule.limit_usd - spent, 0.0), 8)
                 budgets.append(entry)
@@ -512,7 +519,7 @@ class Admin:
                                         ("tpm", "tokens_last_minute")):
                         if getattr(rule, unit) is not None:
                             entry[field] = await store.window_total(
-                                f"ratelimit:{unit}:{rule.scope}:{value}", window_s=WINDOW_S)
+                                window_key(unit, rule, value), window_s=WINDOW_S)
                 rate_limits.append(entry)
         return {"budgets": budgets, "rate_limits": rate_limits}
 

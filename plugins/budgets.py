@@ -202,6 +202,12 @@ def window_bounds(window: Window, now: float) -> tuple[str, float | None]:
                            "day": "%Y-%m-%d"}[window]), float(start + length)
 
 
+def ledger_key(rule: Budget, value: str, window: str) -> str:
+    """The store key of ``rule``'s ledger for ``value`` (a key's name, a user...) in the window
+    ``window`` (an id from :func:`window_bounds`)."""
+    return f"budget:{rule.counter(value)}:{window}"
+
+
 def worst_case_cost(ctx: Context, model: ModelProfile) -> float:
     """The most an attempt on ``model`` can cost: the counted prompt, plus the request's output
     cap (else the model's, else the rest of its context window), at the model's prices."""
@@ -265,7 +271,7 @@ class Budgets:
             if value is None:
                 continue
             window, reset = window_bounds(rule.window, now)
-            found.append((rule, f"budget:{rule.counter(value)}:{window}", value, reset))
+            found.append((rule, ledger_key(rule, value, window), value, reset))
         return found
 
     # --- routers see what is left ---------------------------------------------------------------
@@ -384,7 +390,7 @@ class Budgets:
             value = rule.match or "*"
             window, _ = window_bounds(rule.window, now)
             spent = await self.kernel.store.ledger_total(
-                f"budget:{rule.counter(value)}:{window}")
+                ledger_key(rule, value, window))
             out.append({"scope": rule.scope, "match": rule.match or "", "window": rule.window,
                         "limit_usd": rule.limit_usd, "spent_usd": spent})
         return out

@@ -132,7 +132,7 @@ class RateLimits:
                 if limit is None or (unit == "requests" and once and not whole_request):
                     continue  # a request counts once; its every call's tokens count
                 kind = "rpm" if unit == "requests" else "tpm"
-                adds.append(WindowAdd(f"ratelimit:{kind}:{rule.counter(value)}", amount,
+                adds.append(WindowAdd(window_key(kind, rule, value), amount,
                                       WINDOW_S, limit))
                 counted.append((rule, value, unit, limit))
         if not adds:
@@ -150,6 +150,12 @@ class RateLimits:
         _headers(ctx, tightest)
         token_keys = [add.key for add, (_, _, unit, _) in zip(adds, counted) if unit == "tokens"]
         return TokenHold(store, token_keys, prompt) if token_keys else None
+
+
+def window_key(kind: str, rule: RateLimit, value: str) -> str:
+    """The store key of ``rule``'s sliding window of ``kind`` (``rpm`` or ``tpm``) for
+    ``value``."""
+    return f"ratelimit:{kind}:{rule.counter(value)}"
 
 
 def _refusal(rule: RateLimit, value: str, unit: str, limit: int, amount: float, result) -> str:

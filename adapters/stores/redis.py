@@ -258,8 +258,7 @@ if held[2] and tonumber(held[2]) <= now then redis.call('DEL', KEYS[1]) return f
 return held[1]
 """
 
-# KEYS: value. ARGV: now, value, ttl_s or ''
-_SET = _PRELUDE + """
+_STORE_VALUE = """
 redis.call('DEL', KEYS[1])
 if ARGV[3] == '' then
   redis.call('HSET', KEYS[1], 'v', ARGV[2])
@@ -267,6 +266,10 @@ else
   redis.call('HSET', KEYS[1], 'v', ARGV[2], 'x', num(now + tonumber(ARGV[3])))
   redis.call('PEXPIRE', KEYS[1], ms(tonumber(ARGV[3])))
 end
+"""
+
+# KEYS: value. ARGV: now, value, ttl_s or ''
+_SET = _PRELUDE + _STORE_VALUE + """
 return 1
 """
 
@@ -307,14 +310,7 @@ return {false, 1}
 """
 
 # KEYS: value, lock. ARGV: now, value, ttl_s or '', token
-_SET_AND_UNLOCK = _PRELUDE + """
-redis.call('DEL', KEYS[1])
-if ARGV[3] == '' then
-  redis.call('HSET', KEYS[1], 'v', ARGV[2])
-else
-  redis.call('HSET', KEYS[1], 'v', ARGV[2], 'x', num(now + tonumber(ARGV[3])))
-  redis.call('PEXPIRE', KEYS[1], ms(tonumber(ARGV[3])))
-end
+_SET_AND_UNLOCK = _PRELUDE + _STORE_VALUE + """
 if redis.call('HGET', KEYS[2], 't') == ARGV[4] then redis.call('DEL', KEYS[2]) end
 return 1
 """
