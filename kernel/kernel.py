@@ -564,14 +564,15 @@ class Kernel:
         raise AttemptFailed(step, error, failed, reason)
 
     async def _admit(self, ctx: Context, step: Step, attempt: Attempt) -> None:
-        """Fire ``admit`` for an attempt; a refusal ends the attempt as ``refused``, and the
-        holds taken before it are ended at once."""
+        """Fire ``admit`` for an attempt. On a refusal the holds taken before it are ended at
+        once (as a ``refused`` attempt) and the attempt is struck off: no call was made."""
         try:
             attempt.holds = await self.plugins.hook.admit(ctx=ctx, step=step)
         except BaseException as exc:
             attempt.holds = getattr(exc, "partial", [])
             attempt.status = "refused" if isinstance(exc, TurnoutError) else "cancelled"
             attempt.error = f"{exc.kind}: {exc}" if isinstance(exc, TurnoutError) else None
+            ctx.attempts.remove(attempt)
             await self._end_attempt(attempt)
             raise
 

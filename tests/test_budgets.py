@@ -275,6 +275,7 @@ def test_over_http_a_429_says_which_limit_and_carries_the_headers(tmp_path: Path
     assert budget.value.body["type"] == "budget_exceeded"
     assert budget.value.body["code"] == "budget_exceeded"
     assert "budget of user 'eve'" in budget.value.body["message"]
+    assert budget.value.response.headers["x-turnout-attempts"] == "0", "no call was made"
     assert limited_.value.body["code"] == "rate_limited"
     assert "team 'qa'" in limited_.value.body["message"]
     assert 1 <= int(headers["retry-after"]) <= 60
