@@ -131,11 +131,11 @@ def serve(args: argparse.Namespace) -> int:
         note = f"{len(server.api_keys)} API keys configured"
         note += ("; admin API on (/admin/), keys made at run time accepted"
                  if server.admin_key is not None else "; admin API off (no server.admin_key)")
-    print(f"turnout: serving on http://{server.host}:{server.port}/v1 "
-          f"({config.source}); {note}", file=sys.stderr, flush=True)
+    banner = (f"turnout: serving on http://{server.host}:{server.port}/v1 "
+              f"({config.source}); {note}")
     # uvicorn with the edge's limits (server.header_timeout_s, max_connections, ...): see
     # adapters/http/server.py for what uvicorn lacks and how it is added.
-    serve_http(Served(kernel), server)
+    serve_http(Served(kernel, banner), server)
     return 0
 
 

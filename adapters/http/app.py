@@ -291,8 +291,10 @@ class Served:
     start that fails (a store or database down, a provider that cannot be built) is said in one
     line on standard error, with what to do, instead of a traceback; the server then exits."""
 
-    def __init__(self, kernel: Kernel) -> None:
+    def __init__(self, kernel: Kernel, banner: str = "") -> None:
         self.kernel = kernel
+        self.banner = banner
+        """Said on standard error once the kernel has started."""
         self.app = create_app(kernel, manage_kernel=False)
 
     async def __call__(self, scope, receive, send) -> None:
@@ -307,6 +309,8 @@ class Served:
             await self.kernel.stop()
             await send({"type": "lifespan.startup.failed", "message": ""})
             return
+        if self.banner:
+            print(self.banner, file=sys.stderr, flush=True)
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown
         await self.kernel.stop()
