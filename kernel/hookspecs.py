@@ -1,10 +1,11 @@
 """The request lifecycle as hooks: the whole plugin contract of Turnout.
 
 Read top to bottom, this module is the life of one request: classify; route, in three phases
-(select_route, filter_candidates, plan_route); call; validate; escalate; record. Then the
-process-level hooks (startup, shutdown, alert), and last the registration hooks through which
-plugins hand the kernel named things once, at load: provider kinds, strategies, validators, store
-backends, HTTP routes and CLI commands.
+(select_route, filter_candidates, plan_route); call; validate; escalate; record; and feedback,
+when someone scores the answer, after or long after. Then the process-level hooks (startup,
+shutdown, alert), and last the registration hooks through which plugins hand the kernel named
+things once, at load: provider kinds, strategies, validators, store backends, HTTP routes and CLI
+commands.
 
 The dispatch is declared here, not at the call sites: a spec marked ``firstresult=True`` is walked
 in call order until an implementation answers (something other than None); every other spec runs
@@ -31,6 +32,7 @@ from .types import (
     Completion,
     Context,
     Escalation,
+    Feedback,
     Hold,
     Plan,
     Selection,
@@ -50,13 +52,13 @@ ISOLATED = PROJECT + "_isolated"
 REGISTRATION = PROJECT + "_registration"
 IN_ORDER = PROJECT + "_in_order"
 
-__all__ = ["Alert", "Completion", "Context", "Escalation", "Hold", "Plan", "Selection", "Step",
-           "Stream", "Verdict", "hookimpl", "hookspec"]
+__all__ = ["Alert", "Completion", "Context", "Escalation", "Feedback", "Hold", "Plan", "Selection",
+           "Step", "Stream", "Verdict", "hookimpl", "hookspec"]
 
 
 def isolated(spec: Callable) -> Callable:
     """Mark a spec whose failing implementations are logged and skipped, never failing the caller
-    (recorders, alert delivery, shutdown)."""
+    (recorders, feedback sinks, alert delivery, shutdown)."""
     setattr(spec, ISOLATED, True)
     return spec
 
@@ -273,6 +275,30 @@ def record(ctx: Context) -> None:
     :return: Nothing.
 
     All implementations run; one that raises is logged and never fails the request.
+    """
+
+
+# =============================================================================================
+# feedback: someone judged an answer
+# =============================================================================================
+
+
+@isolated
+@hookspec
+def feedback(feedback: Feedback) -> None:
+    """See a score of an answer: a person's thumbs up or down, or a judge's verdict.
+
+    Fires when a frontend calls ``Kernel.feedback`` (``POST /v1/feedback``, a Slack button),
+    after or long after the request: in another process, after a restart, even before the
+    request's own record is written. ``feedback.request_id`` may therefore name a request this
+    process never saw, or a sub-request; keep the feedback anyway. The record plugin stores it
+    beside the request, for ``turnout stats``, experiments and learned routers.
+
+    :param feedback: The score (-1 bad, 0 neutral, 1 good), who gave it, from where, and a
+        comment already scrubbed of secrets.
+    :return: Nothing.
+
+    All implementations run; one that raises is logged and never fails the caller.
     """
 
 

@@ -39,11 +39,15 @@ from .errors import (
     clip,
 )
 from .manager import PluginManager, resolve
+from .observability import scrub
 from .provider import Provider, ProviderSettings
 from .registry import ModelRegistry, Registry
 from .store import Store
 from .strategy import AttemptFailed, Run, Strategy
 from .types import (
+    FEEDBACK_COMMENT_MAX_CHARS,
+    FEEDBACK_ID_MAX_CHARS,
+    FEEDBACK_LABEL_MAX_CHARS,
     Alert,
     Answer,
     Attempt,
@@ -53,6 +57,7 @@ from .types import (
     Completion,
     Context,
     Escalation,
+    Feedback,
     Hold,
     ModelProfile,
     Plan,
@@ -79,6 +84,8 @@ BUILTINS = {
     "record": "turnout.plugins.sqlite_recorder:SQLiteRecorder",
     "request_log": "turnout.plugins.request_log",
     "log_alerts": "turnout.plugins.log_alerts",
+    "alerts": "turnout.plugins.alert_rules:AlertRules",
+    "webhook_alerts": "turnout.plugins.webhook_alerts:WebhookAlerts",
     "telemetry": "turnout.plugins.telemetry:Telemetry",
     "metrics": "turnout.plugins.metrics:Metrics",
     "admin": "turnout.plugins.admin:Admin",
@@ -304,6 +311,49 @@ class Kernel:
         except TurnoutError as exc:
             exc.answer = Answer.of(ctx)  # type: ignore[attr-defined]
             raise
+
+    async def feedback(self, request_id: str, score: float, *, comment: str | None = None,
+                       source: str = "api", user: str | None = None) -> Feedback:
+        """Record a score of the answer to ``request_id`` (``Answer.request_id``): from -1
+        (bad) through 0 (neutral) to 1 (good), with an optional ``comment``; ``source`` says
+        where it came from (``api``, ``slack``, ...), ``user`` who judged.
+
+        Fires the ``feedback`` hook (the record plugin keeps it with the request's row) and
+        returns what was recorded: the comment scrubbed of secrets and cut to
+        ``FEEDBACK_COMMENT_MAX_CHARS``. Frontends call this; they never touch the recorder. A
+        request id the record has not seen (yet) is accepted: feedback may come before the
+        request's row is written, or be about a sub-request. A plugin that fails to take the
+        feedback is logged and does not fail the call.
+
+        Raises :class:`~turnout.kernel.errors.BadRequest` naming the argument (``param``) that is
+        missing, of the wrong type or out of range.
+        """
+        if not isinstance(request_id, str) or not request_id.strip():
+            raise BadRequest("request_id must be the id of an answer (its x-request-id, "
+                             "e.g. req_...), a non-empty string.", param="request_id")
+        if len(request_id) > FEEDBACK_ID_MAX_CHARS:
+            raise BadRequest(f"request_id is {len(request_id)} characters; a request id has at "
+                             f"most {FEEDBACK_ID_MAX_CHARS} (send the answer's x-request-id).",
+                             param="request_id")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) \
+                or not -1 <= score <= 1:
+            raise BadRequest(f"score must be a number from -1 (bad) through 0 (neutral) to 1 "
+                             f"(good), not {clip(score)}.", param="score")
+        if comment is not None and not isinstance(comment, str):
+            raise BadRequest("comment must be a string or null.", param="comment")
+        if not isinstance(source, str) or not source or len(source) > FEEDBACK_LABEL_MAX_CHARS:
+            raise BadRequest(f"source must say where the score came from (api, slack, ...): a "
+                             f"non-empty string of at most {FEEDBACK_LABEL_MAX_CHARS} "
+                             "characters.", param="source")
+        if user is not None and (not isinstance(user, str) or not user
+                                 or len(user) > FEEDBACK_LABEL_MAX_CHARS):
+            raise BadRequest(f"user must name who judged: a non-empty string of at most "
+                             f"{FEEDBACK_LABEL_MAX_CHARS} characters, or null.", param="user")
+        given = Feedback(request_id=request_id, score=float(score), source=source, user=user,
+                         comment=scrub(comment, limit=FEEDBACK_COMMENT_MAX_CHARS) if comment
+                         else None)
+        await self.plugins.hook.feedback(feedback=given)
+        return given
 
     def _accept(self, request: ChatRequest, caller: Caller | None,
                 headers: Mapping[str, str] | None, client: str | None,

@@ -194,15 +194,83 @@ class Attempt:
                 "verdicts": [f"{v.validator}:{'ok' if v.ok else v.reason}" for v in self.verdicts]}
 
 
+def alert_key(name: str, labels: Mapping[str, str]) -> str:
+    """The stable fingerprint of an alert: its name and its labels, sorted, as
+    ``name{label="value",...}``. The same condition gives the same key on every replica and
+    after a restart; sinks group, update and resolve by it."""
+    inner = ",".join(f"{k}={_quoted(str(v))}" for k, v in sorted(labels.items()))
+    return f"{name}{{{inner}}}"
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 @dataclass(slots=True)
 class Alert:
-    """An alert rule fired (or cleared): delivered through the ``alert`` event."""
+    """An alert rule fired (or cleared): delivered through the ``alert`` event.
+
+    Delivered once when it fires and once when it resolves (``resolved``), with the same
+    ``key`` both times (and in any repeat while it lasts), so a sink can post it once and
+    update that post in place.
+    """
 
     name: str
     severity: Literal["info", "warning", "critical"]
     summary: str
     labels: dict[str, str] = field(default_factory=dict)
     resolved: bool = False
+    key: str = ""
+    """Stable fingerprint (:func:`alert_key` of name and labels), filled in when left empty."""
+    channel: str | None = None
+    """Where a chat sink should post it (``#llm-ops``); None for the sink's default."""
+    action: str | None = None
+    """What the gateway does while the alert lasts (``shift_traffic``...), undone when it
+    resolves; None when nothing."""
+    started_at: float = field(default_factory=time.time)
+    """When the condition began (epoch seconds); the same on the resolving alert."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """Figures behind it, for sinks to show: ``p95_ms``, ``rate``, ``requests``,
+    ``window_s``..."""
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = alert_key(self.name, self.labels)
+
+
+FEEDBACK_ID_MAX_CHARS = 128
+"""Longest request id feedback may name (the kernel's own are ``req_`` and 28 characters)."""
+
+FEEDBACK_COMMENT_MAX_CHARS = 4000
+"""Longest comment kept with feedback; a longer one is cut and ``...`` appended."""
+
+FEEDBACK_LABEL_MAX_CHARS = 256
+"""Longest ``source`` or ``user`` of feedback."""
+
+
+def new_feedback_id() -> str:
+    """A feedback id unique across processes: ``fb_`` and 24 random hex digits."""
+    return f"fb_{os.urandom(12).hex()}"
+
+
+@dataclass(slots=True, frozen=True)
+class Feedback:
+    """A person's (or a judge's) score of one answer, delivered through the ``feedback`` event.
+
+    ``score`` runs from -1 (bad) through 0 (neutral) to 1 (good); ``request_id`` names the request
+    judged (``Answer.request_id``), which may not be recorded yet, or be a sub-request's.
+    ``source`` says where the score came from (``api``, ``slack``, ...), ``user`` who gave it;
+    ``id`` tells one score from another (a request may be judged many times). Built and checked
+    by ``Kernel.feedback``, the comment already scrubbed of secrets.
+    """
+
+    request_id: str
+    score: float
+    comment: str | None = None
+    source: str = "api"
+    user: str | None = None
+    created_at: float = field(default_factory=time.time)
+    id: str = field(default_factory=new_feedback_id)
 
 
 # --- the request context -----------------------------------------------------------------------

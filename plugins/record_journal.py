@@ -1,13 +1,23 @@
-"""The request record's journal: each finished request's rows, appended to a file before the
-answer's last byte leaves, so that a killed gateway loses no record.
+"""The request record's journal: each finished request's rows, and each score of an answer,
+appended to a file before the answer's last byte leaves (before ``Kernel.feedback`` returns), so
+that a killed gateway loses no record.
 
-**Format.** One line per request: ``orjson`` of ``[requests_row, [attempts_row, ...]]``, the values
-in the order of ``COLUMNS`` and ``ATTEMPT_COLUMNS`` of :mod:`turnout.plugins.sqlite_recorder`,
-exactly what the writer inserts into either database, SQLite or PostgreSQL (the error text and
-the decision already redacted: the journal never holds what the record may not), then ``\\n``.
-A line is written with one ``os.write`` on a file opened with ``O_APPEND``. A line that cannot be
-read back (cut short by a power loss, or written by another version with other columns) is logged
-and skipped at replay.
+**Format.** One line per record, then ``\\n``; a line is one of two shapes, told apart by its
+first character:
+
+* a request: ``orjson`` of ``[requests_row, [attempts_row, ...]]``, the values in the order of
+  ``COLUMNS`` and ``ATTEMPT_COLUMNS`` of :mod:`turnout.plugins.sqlite_recorder`. This is the only
+  shape journals written before feedback was recorded hold, and it is unchanged, so they replay
+  as they are;
+* a score of an answer: ``orjson`` of ``{"feedback": feedback_row}``, the values in the order of
+  ``FEEDBACK_COLUMNS`` (a :class:`FeedbackRecord`). A version that predates feedback logs such a
+  line as unreadable and skips it, as below.
+
+Either is exactly what the writer inserts into either database, SQLite or PostgreSQL (the error
+text, the decision and the comment already redacted: the journal never holds what the record may
+not). A line is written with one ``os.write`` on a file opened with ``O_APPEND``. A line that
+cannot be read back (cut short by a power loss, or written by another version with other
+columns) is logged and skipped at replay.
 
 **Segments.** The active segment is the journal path itself (``record.journal``, or a default:
 see ``RecordSettings.journal_path``); closing it renames it to ``<journal>.<n>`` (n counting up) and
@@ -29,7 +39,8 @@ shuts down while the database is unavailable, the segments stay.
 
 **Replay.** At start the writer makes the active file a closed segment, opens a new one, and
 inserts every closed segment's rows (oldest first) with ``ON CONFLICT DO NOTHING`` on the
-primary keys, a request's row and its attempts' rows in one transaction: rows already committed
+primary keys (a feedback row's is its ``feedback_id``), a request's row and its attempts' rows in
+one transaction: rows already committed
 before the crash are no-ops, so a row is recorded exactly once however often replay runs. Each
 segment is deleted once its rows are committed; then the writer takes live rows (journaled in
 the new active segment and queued meanwhile).
@@ -84,14 +95,27 @@ _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
 Record = tuple[Any, list[Any]]
 """One request's rows: its ``requests`` row and its ``attempts`` rows."""
 
+FEEDBACK_KEY = "feedback"
+"""The one key of a feedback line's object."""
+
+
+class FeedbackRecord(tuple):
+    """One score of an answer: its ``feedback`` row, the values in ``FEEDBACK_COLUMNS`` order.
+    A tuple like a request's :data:`Record`, so the writer queues and batches both alike."""
+
+    __slots__ = ()
+
 
 class JournalInUse(ConfigError):
     """Another running process (or recorder) holds this journal: it replays and deletes its
     segments, so a second one must use its own."""
 
 
-def encode(record: Record) -> bytes:
-    """The journal line of ``record``, newline included."""
+def encode(record: Record | FeedbackRecord) -> bytes:
+    """The journal line of ``record`` (a request's rows or a :class:`FeedbackRecord`), newline
+    included."""
+    if isinstance(record, FeedbackRecord):
+        return orjson.dumps({FEEDBACK_KEY: list(record)}, option=orjson.OPT_APPEND_NEWLINE)
     return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
 
@@ -249,19 +273,30 @@ class Journal:
         return self.path.with_name(f"{self.path.name}.{n}")
 
 
-def read_segment(path: Path, columns: int, attempt_columns: int) -> Iterator[Record]:
-    """The records of a closed segment, in order; lines that cannot be read are logged and
-    skipped (a line cut short by a power loss, or written with other columns)."""
+def read_segment(path: Path, columns: int, attempt_columns: int,
+                 feedback_columns: int) -> Iterator[Record | FeedbackRecord]:
+    """The records of a closed segment, in order: a request's ``(row, attempts)``, or a
+    :class:`FeedbackRecord`. Lines that cannot be read are logged and skipped (a line cut short
+    by a power loss, or written with other columns)."""
     with open(path, "rb") as file:
         for number, line in enumerate(file, 1):
             if not line.strip():
                 continue
             try:
-                row, attempts = orjson.loads(line)
-                if len(row) != columns or any(len(a) != attempt_columns for a in attempts):
-                    raise ValueError("not the record's columns")
-            except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+                value = orjson.loads(line)
+                if isinstance(value, dict):
+                    row = value[FEEDBACK_KEY]
+                    if len(value) != 1 or not isinstance(row, list) \
+                            or len(row) != feedback_columns:
+                        raise ValueError("not the feedback record's columns")
+                    record: Record | FeedbackRecord = FeedbackRecord(row)
+                else:
+                    row, attempts = value
+                    if len(row) != columns or any(len(a) != attempt_columns for a in attempts):
+                        raise ValueError("not the record's columns")
+                    record = (row, attempts)
+            except (orjson.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
                 log.warning("record_journal_corrupt", path=str(path), line=number,
                             error=f"{type(exc).__name__}: {exc}")
                 continue
-            yield row, attempts
+            yield record

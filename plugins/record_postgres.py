@@ -13,7 +13,8 @@ new script. Every statement runs with ``search_path`` set to ``record.schema``, 
 if missing.
 
 **Rows.** A batch is inserted in one transaction (``executemany``, pipelined), its ``requests``
-rows then its ``attempts`` rows; a replayed batch with ``ON CONFLICT DO NOTHING``. A lost
+rows, its ``attempts`` rows, then its ``feedback`` rows; a replayed batch with ``ON CONFLICT DO
+NOTHING`` (a feedback row's key is ``feedback_id``, unique since migration 2). A lost
 connection is opened again at the next try. Errors of class 22 (data) and 23 (integrity) mean a
 bad row, skipped alone and logged; every other failure (server down, restarting, out of
 connections, permission denied, a table gone) means "not now": the batch is kept, in memory and
@@ -38,7 +39,7 @@ from psycopg.conninfo import conninfo_to_dict
 from turnout.kernel.errors import ConfigError
 from turnout.kernel.observability import REDACTED, register_secret, scrub
 
-from .sqlite_recorder import COLUMNS, TABLES
+from .sqlite_recorder import COLUMNS, TABLES, split
 
 log = structlog.get_logger("turnout.record")
 
@@ -105,6 +106,18 @@ MIGRATIONS: list[str] = [
     COMMENT ON VIEW spend IS 'Spend per UTC day, model, route and client: top-level requests '
         'only, whose cost includes their sub-requests''.';
     """,
+    # 2: feedback as the record writes it: its own id (the key a replay skips rows by) and who
+    # gave it. Rows written before have neither; a unique index allows any number of NULLs.
+    """
+    ALTER TABLE feedback ADD COLUMN feedback_id text, ADD COLUMN user_id text;
+    CREATE UNIQUE INDEX feedback_feedback_id ON feedback (feedback_id);
+    CREATE INDEX feedback_created_at ON feedback (created_at);
+    COMMENT ON COLUMN feedback.request_id IS 'The request judged; it may have no requests row '
+        '(not written yet, or never recorded).';
+    COMMENT ON COLUMN feedback.score IS 'From -1 (bad) through 0 (neutral) to 1 (good).';
+    COMMENT ON COLUMN feedback.source IS 'Where the score came from: api, slack, ...';
+    COMMENT ON COLUMN feedback.user_id IS 'Who judged (the gateway key''s name over the API).';
+    """,
 ]
 """The schema's versions, in order: version n is ``MIGRATIONS[n - 1]``. Append, never edit."""
 
@@ -117,7 +130,7 @@ operating system's many minutes, so the writer retries and shutdown does not han
 _COLUMN_SQL = {"stream": "%s::int::boolean", "decision": "%s::jsonb"}
 """Placeholders that convert a journal value (SQLite's types) to the PostgreSQL column's."""
 
-_KEYS = {"requests": "request_id", "attempts": "request_id, n"}
+_KEYS = {"requests": "request_id", "attempts": "request_id, n", "feedback": "feedback_id"}
 
 _DECISION = COLUMNS.index("decision")
 
@@ -256,15 +269,21 @@ class PostgresSink:
                      for table in TABLES for replay in (False, True)}
 
     def insert(self, records: list[Any], replay: bool) -> int:
-        """Insert ``records`` in one transaction; the request rows inserted. Reconnects first
-        when the connection was lost (the server restarted)."""
+        """Insert ``records`` in one transaction; the request and feedback rows inserted.
+        Reconnects first when the connection was lost (the server restarted)."""
         conn = self._connection()
+        requests, feedback = split(records)
+        inserted = 0
         with conn.transaction(), conn.cursor() as cur:
-            cur.executemany(self._sql["requests", replay], [_clean(r) for r, _ in records])
-            inserted = cur.rowcount
-            attempts = [_clean(a) for _, rows in records for a in rows]
+            if requests:
+                cur.executemany(self._sql["requests", replay], [_clean(r) for r, _ in requests])
+                inserted += cur.rowcount
+            attempts = [_clean(a) for _, rows in requests for a in rows]
             if attempts:
                 cur.executemany(self._sql["attempts", replay], attempts)
+            if feedback:
+                cur.executemany(self._sql["feedback", replay], [_clean(f) for f in feedback])
+                inserted += cur.rowcount
         return inserted
 
     def _connection(self) -> psycopg.Connection:
@@ -281,7 +300,7 @@ class PostgresSink:
         return isinstance(exc, psycopg.Error) and not isinstance(exc, _BAD_ROWS)
 
     def duplicate(self, exc: Exception) -> bool:
-        """A unique violation: the request is recorded already."""
+        """A unique violation: the request (or feedback) is recorded already."""
         return isinstance(exc, psycopg.errors.UniqueViolation)
 
     def reason(self, exc: Exception) -> str:
@@ -325,12 +344,19 @@ def _clean(row: Any) -> Any:
 
 REQUEST_FIELDS = "route, status, cost_usd, latency_ms, overhead_ms"
 ATTEMPT_FIELDS = "model, provider, status, cost_usd, latency_ms, input_tokens, output_tokens"
+FEEDBACK_QUERY = ("SELECT r.model, r.provider, f.score FROM feedback f "
+                  "LEFT JOIN requests r ON r.request_id = f.request_id "
+                  "WHERE f.created_at >= %s AND f.score IS NOT NULL")
+"""Every score given at or after a time, with the model and provider that answered (NULL when
+the request is not recorded)."""
 
 
-def read_rows(dsn: str, schema: str, since: float | None) -> tuple[list[tuple], list[tuple]]:
-    """The top-level requests and every attempt created at or after ``since``, in one snapshot:
-    what :func:`turnout.plugins.stats.summarize_rows` needs. ConfigError when the server cannot
-    be reached or holds no record in ``schema``."""
+def read_rows(dsn: str, schema: str,
+              since: float | None) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """The top-level requests and every attempt created at or after ``since``, and every score
+    given since then with its request's model, in one snapshot: what
+    :func:`turnout.plugins.stats.summarize_rows` needs. ConfigError when the server cannot be
+    reached or holds no record in ``schema``."""
     window = [since if since is not None else float("-inf")]
     try:
         conn = connect(dsn, schema)
@@ -351,7 +377,8 @@ def read_rows(dsn: str, schema: str, since: float | None) -> tuple[list[tuple], 
                                 "WHERE created_at >= %s AND parent_id IS NULL", window).fetchall()
         attempts = conn.execute(f"SELECT {ATTEMPT_FIELDS} FROM attempts WHERE created_at >= %s",
                                 window).fetchall()
+        feedback = conn.execute(FEEDBACK_QUERY, window).fetchall()
         conn.rollback()
     finally:
         conn.close()
-    return requests, attempts
+    return requests, attempts, feedback

@@ -3,16 +3,21 @@ PostgreSQL (``record.backend``), and what ``turnout stats`` shows.
 
 A ``requests`` row holds who asked for what, which model answered, what the whole request cost,
 how long it took and why the gateway decided as it did; an ``attempts`` row holds one call to one
-model (its status, error kind, latency, tokens and cost). Never the messages or the answer.
+model (its status, error kind, latency, tokens and cost). Never the messages or the answer. A
+``feedback`` row holds one score of an answer (``Kernel.feedback``: who judged, from where, the
+score and a scrubbed comment), keyed by its own id and naming the request by its id alone, with
+no foreign key: feedback may arrive before its request's row is written, or be about a
+sub-request.
 
 The ``record`` hook builds a request's rows on the event loop (redacting only text the cheap
 prefilter flags) and appends them as one line to the journal (:mod:`.record_journal`) before the
 answer's last byte leaves, so a killed gateway loses no record: the next start replays what the
-database is missing. A background thread, the one :class:`RecordWriter` for every database,
-inserts the rows in batches, both tables in one transaction, so the loop never waits on the
-database. What differs between databases is a small :class:`Sink`: :class:`SQLiteSink` here,
-``PostgresSink`` in :mod:`.record_postgres` (connect and create the tables, insert a batch, tell a
-refusal for now from a bad row). A batch the database refuses for the moment (locked by another
+database is missing; the ``feedback`` hook does the same with a feedback row, a line of its own.
+A background thread, the one :class:`RecordWriter` for every database, inserts the rows in
+batches, every table in one transaction, so the loop never waits on the database. What differs
+between databases is a small :class:`Sink`: :class:`SQLiteSink` here, ``PostgresSink`` in
+:mod:`.record_postgres` (connect and create the tables, insert a batch, tell a refusal for now
+from a bad row). A batch the database refuses for the moment (locked by another
 process, disk full, server unreachable) is retried with backoff, its rows kept; a row that can
 never be written (a constraint other than a duplicate) is logged and skipped, alone. A journal
 that cannot be written (full disk) raises the ``record_journal_failed`` alert; the rows still go
@@ -40,10 +45,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from turnout.kernel.errors import ConfigError
 from turnout.kernel.hookspecs import hookimpl
 from turnout.kernel.observability import redact
-from turnout.kernel.types import Alert, Context
+from turnout.kernel.types import Alert, Context, Feedback
 
 from . import record_journal as journal_module
-from .record_journal import Journal, encode, read_segment
+from .record_journal import FeedbackRecord, Journal, encode, read_segment
 
 log = structlog.get_logger("turnout.record")
 
@@ -57,7 +62,13 @@ ATTEMPT_COLUMNS = ("request_id", "n", "created_at", "model", "provider", "status
 """The columns of the ``attempts`` table, in insert order: ``n`` is the attempt's 0-based index
 within its request, ``created_at`` its request's, ``error`` the error's kind only."""
 
-TABLES = {"requests": COLUMNS, "attempts": ATTEMPT_COLUMNS}
+FEEDBACK_COLUMNS = ("request_id", "created_at", "score", "comment", "source", "feedback_id",
+                    "user_id")
+"""The columns of the ``feedback`` table, in insert order (PostgreSQL's order too: its first five
+came with the schema, ``feedback_id`` and ``user_id`` with migration 2): ``request_id`` is the
+request judged, ``created_at`` when the score was given, ``feedback_id`` the key."""
+
+TABLES = {"requests": COLUMNS, "attempts": ATTEMPT_COLUMNS, "feedback": FEEDBACK_COLUMNS}
 """The tables the writer fills, and their columns in insert order."""
 
 SCHEMA = """
@@ -99,6 +110,17 @@ CREATE TABLE IF NOT EXISTS attempts (
     PRIMARY KEY (request_id, n)
 );
 CREATE INDEX IF NOT EXISTS attempts_created_at ON attempts (created_at);
+CREATE TABLE IF NOT EXISTS feedback (
+    request_id    TEXT NOT NULL,
+    created_at    REAL NOT NULL,
+    score         REAL NOT NULL,
+    comment       TEXT,
+    source        TEXT,
+    feedback_id   TEXT NOT NULL PRIMARY KEY,
+    user_id       TEXT
+);
+CREATE INDEX IF NOT EXISTS feedback_request_id ON feedback (request_id);
+CREATE INDEX IF NOT EXISTS feedback_created_at ON feedback (created_at);
 """
 
 BATCH_SIZE = 2000
@@ -125,7 +147,8 @@ _TRANSIENT = frozenset({3, 5, 6, 7, 8, 9, 10, 13, 14, 15})
 is wrong: PERM, BUSY, LOCKED, NOMEM, READONLY, INTERRUPT, IOERR, FULL, CANTOPEN, PROTOCOL."""
 
 Record = tuple[tuple[Any, ...], list[tuple[Any, ...]]]
-"""What the writer stores for one request: its ``requests`` row and its ``attempts`` rows."""
+"""What the writer stores for one request: its ``requests`` row and its ``attempts`` rows. (For
+one score of an answer it stores a :class:`~.record_journal.FeedbackRecord`: its row.)"""
 
 _STOP = object()
 
@@ -133,6 +156,12 @@ _STOP = object()
 class _Unjournaled(tuple):
     """A record whose journal line could not be written: lost if the process dies before the
     database has it."""
+
+    __slots__ = ()
+
+
+class _UnjournaledFeedback(FeedbackRecord, _Unjournaled):
+    """A feedback record whose journal line could not be written."""
 
     __slots__ = ()
 
@@ -212,6 +241,30 @@ def attempt_rows(ctx: Context) -> list[tuple[Any, ...]]:
         for n, a in enumerate(ctx.attempts)]
 
 
+def feedback_row(feedback: Feedback) -> FeedbackRecord:
+    """The ``feedback`` row of one score, in :data:`FEEDBACK_COLUMNS` order. The comment, source
+    and user are redacted here too: a plugin may fire the hook with a Feedback of its own."""
+    return FeedbackRecord((feedback.request_id, feedback.created_at, float(feedback.score),
+                           redact(feedback.comment), redact(feedback.source), feedback.id,
+                           redact(feedback.user)))
+
+
+def split(records: list[Any]) -> tuple[list[Record], list[FeedbackRecord]]:
+    """A batch's requests (each a row with its attempts' rows) and its feedback rows."""
+    requests: list[Record] = []
+    feedback: list[FeedbackRecord] = []
+    for record in records:
+        (feedback if isinstance(record, FeedbackRecord) else requests).append(record)
+    return requests, feedback
+
+
+def _about(record: Any) -> dict[str, Any]:
+    """What a log line names a record by: its request's id, and a feedback row's own."""
+    if isinstance(record, FeedbackRecord):
+        return {"request_id": record[0], "feedback_id": record[5]}
+    return {"request_id": record[0][0]}
+
+
 def _error_kind(error: str | None) -> str | None:
     """The kind of an attempt's error: its text before the first ':' (``kind: detail``)."""
     if not error:
@@ -238,9 +291,10 @@ class Sink(Protocol):
     """What :meth:`insert` raises for a batch it did not commit."""
 
     def insert(self, records: list[Any], replay: bool) -> int:
-        """Insert the ``requests`` and ``attempts`` rows of ``records`` in one transaction; with
+        """Insert the ``requests`` and ``attempts`` rows of ``records`` (and the ``feedback``
+        rows, the :class:`~.record_journal.FeedbackRecord` among them) in one transaction; with
         ``replay``, rows whose primary key is there already are skipped (ON CONFLICT DO NOTHING).
-        Returns the ``requests`` rows inserted."""
+        Returns the ``requests`` and ``feedback`` rows inserted."""
         ...
 
     def transient(self, exc: Exception) -> bool:
@@ -249,7 +303,7 @@ class Sink(Protocol):
         ...
 
     def duplicate(self, exc: Exception) -> bool:
-        """True when ``exc`` says a request with this id is recorded already."""
+        """True when ``exc`` says a request (or feedback) with this id is recorded already."""
         ...
 
     def reason(self, exc: Exception) -> str:
@@ -293,15 +347,17 @@ class SQLiteSink:
         self.conn = _connect(path)
 
     def insert(self, records: list[Any], replay: bool) -> int:
-        """Insert ``records`` in one transaction (``BEGIN IMMEDIATE``); the request rows
-        inserted."""
+        """Insert ``records`` in one transaction (``BEGIN IMMEDIATE``); the request and
+        feedback rows inserted."""
         conn = self.conn
         if conn.in_transaction:  # left open by a failed rollback
             conn.execute("ROLLBACK")
+        requests, feedback = split(records)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            inserted = _insert(conn, "requests", [row for row, _ in records], replay)
-            _insert(conn, "attempts", [a for _, attempts in records for a in attempts], replay)
+            inserted = _insert(conn, "requests", [row for row, _ in requests], replay)
+            _insert(conn, "attempts", [a for _, attempts in requests for a in attempts], replay)
+            inserted += _insert(conn, "feedback", feedback, replay)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -317,7 +373,7 @@ class SQLiteSink:
         return isinstance(exc, sqlite3.Error) and _transient(exc)
 
     def duplicate(self, exc: Exception) -> bool:
-        """A primary-key violation: the request is recorded already."""
+        """A primary-key violation: the request (or feedback) is recorded already."""
         return getattr(exc, "sqlite_errorname", "") == "SQLITE_CONSTRAINT_PRIMARYKEY"
 
     def reason(self, exc: Exception) -> str:
@@ -342,7 +398,7 @@ def _insert(conn: sqlite3.Connection, table: str, rows: list[Any], replay: bool 
     return inserted
 
 
-_KEYS = {"requests": "request_id", "attempts": "request_id, n"}
+_KEYS = {"requests": "request_id", "attempts": "request_id, n", "feedback": "feedback_id"}
 
 
 @lru_cache(maxsize=32)
@@ -371,7 +427,7 @@ class RecordWriter:
         self.path = sink.where
         """What the logs name: the database's file, or its server and schema."""
         self.written = 0
-        """Request rows inserted (replayed ones included)."""
+        """Request and feedback rows inserted (replayed ones included)."""
         self.retry_max_s = retry_max_s
         self.alerts: list[Alert] = []
         """Journal alerts (failed, then resolved) for the recorder to deliver; see take_alerts."""
@@ -416,6 +472,24 @@ class RecordWriter:
             log.error("record_write_failed", request_id=ctx.request_id,
                       error=f"cannot build the row: {type(exc).__name__}: {exc}", path=self.path)
             return False
+        return self._enqueue(record, line)
+
+    def put_feedback(self, feedback: Feedback) -> bool:
+        """As :meth:`put`, for one score of an answer: its row is journaled and queued like a
+        request's, and written in the same batches."""
+        try:
+            record = feedback_row(feedback)
+            line = encode(record) if self.journal is not None else b""
+        except Exception as exc:  # noqa: BLE001 - one bad score must not fail its caller
+            log.error("record_write_failed", request_id=feedback.request_id,
+                      feedback_id=feedback.id,
+                      error=f"cannot build the row: {type(exc).__name__}: {exc}", path=self.path)
+            return False
+        return self._enqueue(record, line)
+
+    def _enqueue(self, record: tuple[Any, ...], line: bytes) -> bool:
+        """Append ``line`` to the journal and queue ``record``, under the lock that keeps the
+        queue in the journal's order; False (and a log line) when the writer is closed."""
         with self._lock:
             if not self._closed:
                 if self.journal is not None:
@@ -423,14 +497,14 @@ class RecordWriter:
                         self.journal.append(line)
                     except OSError as exc:
                         self._journal_failed(exc)
-                        record = _Unjournaled(record)
+                        record = (_UnjournaledFeedback(record)
+                                  if isinstance(record, FeedbackRecord) else _Unjournaled(record))
                     else:
                         if self._journal_failing:
                             self._journal_restored()
                 self._queue.put(record)
                 return True
-        log.warning("record_dropped", request_id=ctx.request_id,
-                    reason="the request log is closed")
+        log.warning("record_dropped", **_about(record), reason="the request log is closed")
         return False
 
     def take_alerts(self) -> list[Alert]:
@@ -550,12 +624,14 @@ class RecordWriter:
         """Insert what the journal segments hold and the database lacks, then delete them;
         False if the writer gave up (shutting down with the database unavailable)."""
         for segment in segments:
-            lines = inserted = 0
+            lines = scores = inserted = 0
             chunk: list[Any] = []
             try:
-                for record in read_segment(segment, len(COLUMNS), len(ATTEMPT_COLUMNS)):
+                for record in read_segment(segment, len(COLUMNS), len(ATTEMPT_COLUMNS),
+                                           len(FEEDBACK_COLUMNS)):
                     chunk.append(record)
                     lines += 1
+                    scores += isinstance(record, FeedbackRecord)
                     if len(chunk) == BATCH_SIZE:
                         done = self._write(chunk, replay=True)
                         if done is None:
@@ -570,14 +646,15 @@ class RecordWriter:
                 if done is None:
                     return False
                 inserted += done
-            log.info("record_replayed", path=str(segment), requests=lines, inserted=inserted,
-                     already_recorded=lines - inserted)
+            log.info("record_replayed", path=str(segment), requests=lines - scores,
+                     feedback=scores, inserted=inserted, already_recorded=lines - inserted)
             _delete(segment)
         return True
 
     def _write(self, records: list[Any], *, replay: bool = False) -> int | None:
-        """Commit ``records``, a request's row with its attempts' rows; returns the request rows
-        inserted, once each record is committed or found unwritable (logged and skipped).
+        """Commit ``records``, each a request's row with its attempts' rows or a feedback row;
+        returns the request and feedback rows inserted, once each record is committed or found
+        unwritable (logged and skipped).
 
         A batch the database refuses for now is retried with backoff until it is written; None
         only when the writer gives up at shutdown. Replayed records that are already in the
@@ -621,10 +698,10 @@ class RecordWriter:
                 if self.sink.transient(exc):
                     self._wait(exc, len(records) - i)
                     return records[i:], inserted
-                reason = ("a request with this id is already recorded"
+                what = "feedback" if isinstance(record, FeedbackRecord) else "a request"
+                reason = (f"{what} with this id is already recorded"
                           if self.sink.duplicate(exc) else self.sink.reason(exc))
-                log.error("record_write_failed", request_id=record[0][0], error=reason,
-                          path=self.path)
+                log.error("record_write_failed", **_about(record), error=reason, path=self.path)
         return [], inserted
 
     def _wait(self, exc: Exception, rows: int) -> None:
@@ -660,7 +737,7 @@ class RecordWriter:
         for item in batch:
             if isinstance(item, threading.Event):
                 item.set()
-        lost = sum(1 for item in left if type(item) is _Unjournaled)
+        lost = sum(1 for item in left if isinstance(item, _Unjournaled))
         log.warning("record_write_deferred", path=self.path, rows=len(left) - lost,
                     journal=str(self.journal.path) if self.journal else None,
                     reason="the database refused them until shutdown; they are in the journal "
@@ -828,6 +905,16 @@ class SQLiteRecorder:
         if writer is None:
             return None
         writer.put(ctx)
+        return self._alert() if writer.alerts else None
+
+    @hookimpl
+    def feedback(self, feedback: Feedback) -> Any:
+        """Journal one score of an answer and queue its row for the writer, as :meth:`record`
+        does a request's; kept whether or not the request is recorded (yet)."""
+        writer = self.writer
+        if writer is None:
+            return None
+        writer.put_feedback(feedback)
         return self._alert() if writer.alerts else None
 
     async def _alert(self) -> None:

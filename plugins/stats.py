@@ -1,4 +1,5 @@
-"""``turnout stats``: what the request log says, per request and per attempt.
+"""``turnout stats``: what the request log says, per request and per attempt, and what people
+said of the answers (feedback, per model).
 
 Reads the log the ``record`` plugin writes, while the gateway writes: the SQLite file
 (read-only), or with ``record.backend = "postgres"`` the record's PostgreSQL schema (one
@@ -72,9 +73,16 @@ def summarize(path: str, *, since: float | None = None) -> dict[str, Any]:
     ``by_model`` is sorted by attempts, ``by_route`` by requests (a request without a route has
     route None). A log written before attempts were recorded has no ``attempts`` table:
     ``by_model`` is then empty.
+
+    **Feedback** (``feedback`` and ``feedback_by_model``): the scores given at or after ``since``
+    (``Kernel.feedback``, ``POST /v1/feedback``), counted and averaged per model and provider of
+    the request judged (its ``requests`` row's; None when that request is not in the log, or
+    no model answered it).
+    ``feedback_by_model`` is sorted by count, and empty when there is none (a log written before
+    feedback was recorded has no ``feedback`` table).
     """
-    requests, attempts = _read_sqlite(path, since)
-    return summarize_rows(requests, attempts, where=path, since=since)
+    requests, attempts, feedback = _read_sqlite(path, since)
+    return summarize_rows(requests, attempts, feedback, where=path, since=since)
 
 
 def summarize_postgres(dsn: str, schema: str = "public", *,
@@ -84,14 +92,15 @@ def summarize_postgres(dsn: str, schema: str = "public", *,
     cannot be reached or holds no record there."""
     from .record_postgres import masked, read_rows
 
-    requests, attempts = read_rows(dsn, schema, since)
-    return summarize_rows(requests, attempts, where=f"{masked(dsn)} (schema {schema})",
-                          since=since)
+    requests, attempts, feedback = read_rows(dsn, schema, since)
+    return summarize_rows(requests, attempts, feedback,
+                          where=f"{masked(dsn)} (schema {schema})", since=since)
 
 
-def _read_sqlite(path: str, since: float | None) -> tuple[list[Any], list[Any]]:
-    """The top-level requests and every attempt created at or after ``since``, from the SQLite
-    log at ``path`` in one snapshot (no attempts from a log that predates them)."""
+def _read_sqlite(path: str, since: float | None) -> tuple[list[Any], list[Any], list[Any]]:
+    """The top-level requests and every attempt created at or after ``since``, and every score
+    given since then with its request's model and provider, from the SQLite log at ``path`` in
+    one snapshot (no attempts or feedback from a log that predates them)."""
     window = (since if since is not None else -math.inf,)
     conn = open_log(path)
     try:
@@ -99,24 +108,32 @@ def _read_sqlite(path: str, since: float | None) -> tuple[list[Any], list[Any]]:
         requests = conn.execute(
             "SELECT route, status, cost_usd, latency_ms, overhead_ms FROM requests "
             "WHERE created_at >= ? AND parent_id IS NULL", window).fetchall()
-        has_attempts = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'attempts'").fetchone()
-        if has_attempts:
+        tables = {name for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "attempts" in tables:
             attempts = conn.execute(
                 "SELECT model, provider, status, cost_usd, latency_ms, input_tokens, "
                 "output_tokens FROM attempts WHERE created_at >= ?", window).fetchall()
         else:
             attempts = []
+        if "feedback" in tables:
+            feedback = conn.execute(
+                "SELECT r.model, r.provider, f.score FROM feedback f "
+                "LEFT JOIN requests r ON r.request_id = f.request_id "
+                "WHERE f.created_at >= ? AND f.score IS NOT NULL", window).fetchall()
+        else:
+            feedback = []
     finally:
         conn.close()
-    return requests, attempts
+    return requests, attempts, feedback
 
 
-def summarize_rows(requests: list[Any], attempts: list[Any], *, where: str,
-                   since: float | None = None) -> dict[str, Any]:
+def summarize_rows(requests: list[Any], attempts: list[Any], feedback: list[Any] | None = None,
+                   *, where: str, since: float | None = None) -> dict[str, Any]:
     """The figures of :func:`summarize` from rows already read: ``requests`` as (route, status,
     cost_usd, latency_ms, overhead_ms) of top-level requests, ``attempts`` as (model, provider,
-    status, cost_usd, latency_ms, input_tokens, output_tokens); ``where`` names the log."""
+    status, cost_usd, latency_ms, input_tokens, output_tokens), ``feedback`` as (model,
+    provider, score) of each score; ``where`` names the log."""
     latencies: list[float] = []
     overheads: list[float] = []
     counts = {"ok": 0, "error": 0, "cancelled": 0}
@@ -146,6 +163,16 @@ def summarize_rows(requests: list[Any], attempts: list[Any], *, where: str,
                 for (model, provider), g in per_model.items()]
     by_model.sort(key=lambda m: (-m["attempts"], m["model"] or "", m["provider"] or ""))
 
+    scores: dict[tuple[str | None, str | None], list[float]] = {}
+    feedback = feedback or []
+    for model, provider, score in feedback:
+        scores.setdefault((model, provider), []).append(score)
+    feedback_by_model = [{"model": model, "provider": provider, "feedback": len(given),
+                          "mean_score": round(sum(given) / len(given), 6)}
+                         for (model, provider), given in scores.items()]
+    feedback_by_model.sort(key=lambda m: (-m["feedback"], m["model"] is None, m["model"] or "",
+                                          m["provider"] or ""))
+
     latencies.sort()
     overheads.sort()
     return {
@@ -156,6 +183,7 @@ def summarize_rows(requests: list[Any], attempts: list[Any], *, where: str,
         "overhead_ms": {f"p{p}": _ms(percentile(overheads, p)) for p in (50, 99)},
         "by_route": by_route,
         "attempts": len(attempts), "by_model": by_model,
+        "feedback": len(feedback), "feedback_by_model": feedback_by_model,
     }
 
 
@@ -201,12 +229,13 @@ def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
 
 def render_stats(summary: dict[str, Any]) -> str:
     """The summary from :func:`summarize` as a plain-text report: per request, with a table per
-    route, then per attempt, with a table per model."""
+    route, then per attempt, with a table per model, then, where there is any, the feedback per
+    model."""
     where = summary.get("path") or "the request log"
     since = summary.get("since")
     window = (f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}"
               if since is not None else "")
-    if not summary["requests"] and not summary.get("attempts"):
+    if not summary["requests"] and not summary.get("attempts") and not summary.get("feedback"):
         return f"No requests recorded in {where}{window}."
     lat, over = summary["latency_ms"], summary["overhead_ms"]
     lines = [
@@ -239,6 +268,13 @@ def render_stats(summary: dict[str, Any]) -> str:
              for m in by_model])
     else:
         lines.append("  no per-attempt data in this log")
+    by_feedback = summary.get("feedback_by_model") or []
+    if by_feedback:
+        lines += ["", f"Feedback, by model answering ({summary.get('feedback', 0):,} scores)"]
+        lines += _table(
+            ("model", "scores", "mean score"),
+            [(m["model"] or "(none)", f"{m['feedback']:,}",
+              f"{m['mean_score']:+.2f}") for m in by_feedback])
     return "\n".join(lines)
 
 

@@ -245,3 +245,20 @@ async def test_alerts_reach_the_webhook_and_the_shared_client_is_closed() -> Non
                          "severity": "warning", "resolved": False}]
     assert shared.client.is_closed
 
+
+
+@pytest.mark.anyio
+async def test_thumbs_down_are_counted_per_model_that_answered() -> None:
+    config = {"providers": PROVIDER, "models": models(a=(1, 1), b=(1, 1))}
+    kernel, _ = guide_kernel(config, "ThumbsDownByModel", script={"a": ["one", "two"],
+                                                                  "b": ["three"]})
+    counter = kernel.plugins.get("ThumbsDownByModel")
+    async with kernel:
+        first = await kernel.ask(ask(model="a"))
+        second = await kernel.ask(ask(model="a"))
+        third = await kernel.ask(ask(model="b"))
+        await kernel.feedback(first.request_id, -1, comment="wrong", source="slack", user="U1")
+        await kernel.feedback(second.request_id, 1)
+        await kernel.feedback(third.request_id, -0.5)
+        await kernel.feedback("req_from_another_replica", -1)
+    assert counter.thumbs_down == {"a": 1, "b": 1, "(unknown)": 1}

@@ -43,6 +43,7 @@ from turnout.plugins.record_postgres import MIGRATIONS, PostgresSink, connect, m
 from turnout.plugins.sqlite_recorder import (
     ATTEMPT_COLUMNS,
     COLUMNS,
+    FEEDBACK_COLUMNS,
     RecordSettings,
     SQLiteRecorder,
 )
@@ -175,9 +176,11 @@ def test_migrations_apply_once_when_two_replicas_start_together(postgres_dsn, sc
                                    "jsonb")
     assert columns["feedback"] == [("request_id", "text"), ("created_at", "double precision"),
                                    ("score", "double precision"), ("comment", "text"),
-                                   ("source", "text")]
+                                   ("source", "text"), ("feedback_id", "text"),
+                                   ("user_id", "text")]
+    assert tuple(c for c, _ in columns["feedback"]) == FEEDBACK_COLUMNS
     assert {"requests_created_at", "requests_model", "attempts_created_at",
-            "feedback_request_id"} <= indexes
+            "feedback_request_id", "feedback_feedback_id", "feedback_created_at"} <= indexes
     assert views == {"spend"}
 
 

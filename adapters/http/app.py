@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP API: ``/v1/chat/completions``, ``/v1/models``, health.
+"""The OpenAI-compatible HTTP API: ``/v1/chat/completions``, ``/v1/models``, health, and
+``/v1/feedback`` (scores on answers).
 
 Every error leaves in OpenAI's JSON error format with its proper status; malformed or
 out-of-range input is refused with a 4xx before any upstream is called.
@@ -22,6 +23,7 @@ from starlette.routing import Route
 from turnout.kernel.config import ApiKey
 from turnout.kernel.errors import (
     AuthenticationFailed,
+    BadRequest,
     BodyTooLarge,
     ClientGone,
     ConfigError,
@@ -181,6 +183,11 @@ class Gateway:
             raise
 
     async def _parse(self, http: Request) -> ChatRequest:
+        return parse_request(await self._body(http))
+
+    async def _body(self, http: Request) -> bytearray:
+        """The request body, checked to be JSON and read within ``server.max_body_bytes`` and
+        ``server.body_timeout_s``."""
         media = (http.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
         if media and media != "application/json" and not media.endswith("+json"):
             raise UnsupportedMediaType(f"The request body must be JSON (Content-Type: "
@@ -204,7 +211,7 @@ class Gateway:
         except ClientDisconnect:  # gone mid-body: nobody to answer, nothing went wrong here
             raise ClientGone("The client closed the connection before its request body was "
                              "complete.") from None
-        return parse_request(body)
+        return body
 
     @staticmethod
     def _event_stream(request: ChatRequest, chunks: AnswerStream, explain: bool) -> Response:
@@ -227,6 +234,51 @@ class Gateway:
                  for m in self.kernel.models]
         return JSONResponse({"object": "list", "data": data})
 
+    FEEDBACK_FIELDS = frozenset({"request_id", "score", "comment", "user", "source"})
+    """What a ``POST /v1/feedback`` body may hold."""
+
+    async def feedback(self, http: Request) -> Response:
+        """``POST /v1/feedback``: score an answer, ``{"request_id": "req_...", "score": 1,
+        "comment": "..."}`` (score from -1 bad to 1 good; ``comment``, ``user`` and ``source``
+        optional), through ``Kernel.feedback``, which keeps it with the request's record. The
+        same keys as chat; the key's name is who judged when the body names no ``user``."""
+        try:
+            key = await self.authenticate(http)
+            body = await self._feedback_body(http)
+            given = await self.kernel.feedback(
+                body["request_id"], body["score"], comment=body.get("comment"),
+                source=body["source"] if body.get("source") is not None else "api",
+                user=body.get("user") or (key.name if key else None))
+        except TurnoutError as exc:
+            return error_response(exc)
+        except Exception as exc:  # noqa: BLE001 - the last guard: never a traceback to the client
+            return internal_error(exc, None)
+        return JSONResponse({"object": "feedback", "id": given.id,
+                             "request_id": given.request_id, "score": given.score,
+                             "recorded": True})
+
+    async def _feedback_body(self, http: Request) -> dict:
+        """The JSON object of a feedback request, read within the body limits of chat
+        (``server.max_body_bytes``, ``server.body_timeout_s``); BadRequest names what is wrong."""
+        body = await self._body(http)
+        try:
+            data = orjson.loads(body) if body else None
+        except orjson.JSONDecodeError as exc:
+            raise BadRequest(f"The request body is not valid JSON ({exc.msg} at position "
+                             f"{exc.pos}).") from None
+        if not isinstance(data, dict):
+            raise BadRequest('The request body must be a JSON object: {"request_id": "req_...", '
+                             '"score": 1, "comment": "..."}.')
+        unknown = sorted(data.keys() - self.FEEDBACK_FIELDS)
+        if unknown:
+            raise BadRequest(f"Unrecognized request argument supplied: {clip(unknown[0])}. "
+                             f"Feedback takes {', '.join(sorted(self.FEEDBACK_FIELDS))}.",
+                             param=clip(unknown[0]))
+        for name in ("request_id", "score"):
+            if data.get(name) is None:
+                raise BadRequest(f"Missing required parameter: '{name}'.", param=name)
+        return data
+
     async def healthz(self, http: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -239,7 +291,8 @@ class Gateway:
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     if exc.status_code == 404:
         return error_response(NotFound(f"No endpoint {request.method} {request.url.path}; "
-                                       "the API serves /v1/chat/completions and /v1/models."))
+                                       "the API serves /v1/chat/completions, /v1/models and "
+                                       "/v1/feedback."))
     error = TurnoutError(str(exc.detail))
     error.status, error.type, error.code = exc.status_code, "invalid_request_error", "http_error"
     return error_response(error)
@@ -270,6 +323,7 @@ def create_app(kernel: Kernel, *, manage_kernel: bool = True) -> Starlette:
         Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
         Route("/chat/completions", gateway.chat_completions, methods=["POST"]),
         Route("/v1/models", gateway.models, methods=["GET"]),
+        Route("/v1/feedback", gateway.feedback, methods=["POST"]),
         Route("/healthz", gateway.healthz, methods=["GET"]),
         Route("/readyz", gateway.readyz, methods=["GET"]),
     ]
