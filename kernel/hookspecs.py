@@ -340,8 +340,11 @@ def shutdown(kernel: Kernel) -> None:
 def alert(alert: Alert) -> None:
     """Deliver an alert: a budget threshold crossed, latency over its bound, a provider down.
 
-    Fires when a rule fires or clears (``alert.resolved``). Delivery plugins (log, webhook, Slack)
-    de-duplicate on ``alert.name`` and ``alert.labels``.
+    Fires when a rule fires or clears (``alert.resolved``), once across replicas for the alert
+    rules' own alerts. ``alert.key`` (the name and the labels) identifies an alert while it
+    lasts: delivery plugins (log, webhook, Slack) update or close what they posted under it;
+    ``alert.channel`` says where a chat sink should post it, ``alert.action`` what is being done
+    while it lasts.
 
     :param alert: The alert.
     :return: Nothing.

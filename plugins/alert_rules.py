@@ -94,8 +94,8 @@ resolves:
   as another candidate remains; a request naming the model still gets it. A down provider gets
   one request through every 30 seconds (a probe), so that its circuit can see it answer again.
 - ``enable_cache`` (rules on a route, or ``"*"``): while the alert lasts, requests of the route
-  are marked ``ctx.state["alerts.cache"] = "always"``; the cache plugin does not read the mark
-  yet (see the docs).
+  are marked ``ctx.state["alerts.cache"] = "always"``, which the cache plugin takes over the
+  route's own ``cache`` mode.
 - ``downgrade`` (budget rules): while a matched budget's spend in its current window is at or
   over ``above`` of its limit, the candidates of requests that budget counts are tried cheapest
   first. Budgets with a ``match`` (and the global one) are read, one store read each per tick.

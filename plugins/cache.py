@@ -189,7 +189,8 @@ class ResponseCache:
         if not self.settings.enabled or self.kernel is None:
             return None
         route = self.kernel.route_settings(self._name, ctx.route)
-        mode = route.cache
+        # An alert rule's enable_cache action turns the cache on while its alert lasts.
+        mode = ctx.state.get("alerts.cache") or route.cache
         if mode == "off":
             return None
         if mode == "deterministic":

@@ -16,5 +16,9 @@ def alert(alert: Alert) -> None:
     event = "alert_resolved" if alert.resolved else "alert_fired"
     method = log.info if alert.resolved else (log.error if alert.severity == "critical"
                                               else log.warning)
-    method(event, alert=alert.name, severity=alert.severity, summary=alert.summary,
-           **alert.labels)
+    fields = {**alert.labels, **alert.details,
+              **{name: value for name, value in (("action", alert.action),
+                                                 ("channel", alert.channel)) if value},
+              "alert": alert.name, "key": alert.key, "severity": alert.severity,
+              "summary": alert.summary}
+    method(event, **fields)

@@ -103,6 +103,27 @@ def det(text: str = "hello", **kw):
 # --- which requests are cached -----------------------------------------------------------------
 
 
+async def test_an_alert_action_turns_the_cache_on_for_a_route_that_has_it_off() -> None:
+    class EnableCache:  # what the alert rules' enable_cache action does while its alert lasts
+        on = True
+
+        @hookimpl
+        def filter_candidates(self, ctx):
+            if self.on:
+                ctx.state["alerts.cache"] = "always"
+
+    upstream, action = Upstream(), EnableCache()
+    kernel = cache_kernel(upstream, route={"cache": "off"})
+    kernel.plugins.register(action, name="enable_cache")
+    async with kernel:
+        warm = [await kernel.ask(ask(model="chain", temperature=0.7)) for _ in range(2)]
+        action.on = False
+        cold = await kernel.ask(ask(model="chain", temperature=0.7))
+    assert [a.content for a in warm] == ["answer 1", "answer 1"] and warm[1].headers == {
+        "x-turnout-cache": "hit"}
+    assert cold.content == "answer 2" and "x-turnout-cache" not in cold.headers
+
+
 async def test_deterministic_default_caches_temperature_zero_and_seeded_requests_only() -> None:
     upstream = Upstream()
     async with cache_kernel(upstream) as kernel:
