@@ -9,6 +9,7 @@ and a test checks the two agree.
 
 from __future__ import annotations
 
+import re
 import typing
 from typing import TYPE_CHECKING
 
@@ -106,9 +107,7 @@ def _inner_model(annotation: typing.Any) -> type[BaseModel] | None:
 def _type_name(annotation: typing.Any) -> str:
     text = str(annotation).replace("typing.", "").replace("pydantic.types.", "")
     text = text.replace("<class '", "").replace("'>", "")
-    for prefix in ("turnout.kernel.config.", "turnout.adapters.providers.settings.",
-                   "turnout.adapters.simulated.settings."):
-        text = text.replace(prefix, "")
+    text = re.sub(r"\bturnout(?:\.\w+)*\.(?=[A-Z])", "", text)  # module paths of our models
     return text.replace(" | ", " \\| ")
 
 

@@ -89,6 +89,7 @@ BUILTINS = {
     "telemetry": "turnout.plugins.telemetry:Telemetry",
     "metrics": "turnout.plugins.metrics:Metrics",
     "admin": "turnout.plugins.admin:Admin",
+    "slack": "turnout.bots.slack.plugin:SlackBot",
     "providers": "turnout.adapters.providers",
     "simulation": "turnout.adapters.simulated.plugin:Simulation",
     "stores": "turnout.adapters.stores",

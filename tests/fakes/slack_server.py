@@ -1,0 +1,287 @@
+"""A fake Slack Web API: ``POST /api/<method>``, form or JSON bodies, Slack's answer shapes.
+
+It checks the bot token the way Slack does (``Authorization: Bearer``, or a ``token`` form field;
+``{"ok": false, "error": "not_authed"}`` or ``"invalid_auth"``), answers ``{"ok": true, ...}``
+with the fields the real methods return (``auth.test``, ``chat.postMessage``, ``chat.update``,
+``chat.startStream``, ``chat.appendStream``, ``chat.stopStream``,
+``assistant.threads.setStatus``, ``setSuggestedPrompts``, ``setTitle``), ``unknown_method``
+for anything else, and keeps the messages it was sent (posted, edited, streamed) so tests can
+read a thread as a user would see it.
+
+Every call is recorded (method, params, when) before it is answered. Switches: ``streaming =
+False`` makes ``chat.startStream`` answer ``{"ok": false, "error": "method_not_supported"}``
+as a workspace without streaming does; :meth:`FakeSlack.rate_limit` answers a method 429 with
+``Retry-After`` (and ``{"ok": false, "error": "ratelimited"}``) the next few times.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .server import serve
+
+TEAM = "T0TURNOUT"
+BOT_USER = "U0BOT"
+BOT_ID = "B0BOT"
+TOKEN = "xoxb-0000-1111-turnout-test-token"
+
+
+@dataclass
+class Call:
+    """One Web API call: the method, its parameters (JSON fields decoded), when it came."""
+
+    method: str
+    params: dict[str, Any]
+    at: float
+
+
+@dataclass
+class Message:
+    """A message as the thread shows it: its text (Markdown for streams, else mrkdwn), blocks,
+    and whether a stream is still writing it."""
+
+    channel: str
+    ts: str
+    thread_ts: str | None
+    text: str = ""
+    blocks: list[dict] = field(default_factory=list)
+    streaming: bool = False
+    streamed: bool = False
+    edits: int = 0
+
+
+class FakeSlack:
+    """The fake's state: calls received, messages, switches. Thread-safe (the server runs in
+    its own thread)."""
+
+    def __init__(self, token: str = TOKEN) -> None:
+        self.token = token
+        self.calls: list[Call] = []
+        self.messages: dict[tuple[str, str], Message] = {}
+        self.streaming = True
+        self.stream_error = "method_not_supported"
+        self._limits: Counter[str] = Counter()
+        self._retry_after = 1
+        self._lock = threading.Lock()
+        self._ts = itertools.count(1)
+        self.url = ""
+        """The server's base URL, once serving."""
+
+    @property
+    def api_url(self) -> str:
+        """What ``TURNOUT_SLACK_API_URL`` should say."""
+        return self.url + "/api/"
+
+    def reset(self) -> None:
+        with self._lock:
+            self.calls.clear()
+            self.messages.clear()
+            self._limits.clear()
+        self.streaming = True
+
+    def rate_limit(self, method: str, times: int = 1, retry_after: int = 1) -> None:
+        """Answer ``method`` 429 the next ``times`` times."""
+        with self._lock:
+            self._limits[method] += times
+            self._retry_after = retry_after
+
+    # --- reading what happened ---------------------------------------------------------------
+
+    def of(self, *methods: str) -> list[Call]:
+        """The calls of these methods (all calls when none named), in order."""
+        with self._lock:
+            return [c for c in self.calls if not methods or c.method in methods]
+
+    def thread(self, channel: str, thread_ts: str) -> list[Message]:
+        """The bot's messages in a thread, oldest first."""
+        with self._lock:
+            return sorted((m for m in self.messages.values()
+                           if m.channel == channel and m.thread_ts == thread_ts),
+                          key=lambda m: float(m.ts))
+
+    def wait(self, until: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+        """Poll ``until()`` until it is truthy; its value, or AssertionError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = until()
+            if found:
+                return found
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the fake Slack never got {what or 'what was awaited'}; "
+                                     f"calls: {[c.method for c in self.of()]}")
+            time.sleep(0.02)
+
+    def finished(self, channel: str, thread_ts: str, count: int = 1) -> list[Message]:
+        """Wait for ``count`` finished answers (messages with a context block) in a thread."""
+        def done() -> list[Message] | None:
+            found = [m for m in self.thread(channel, thread_ts)
+                     if any(b.get("type") == "context" for b in m.blocks) and not m.streaming]
+            return found if len(found) >= count else None
+        return self.wait(done, what=f"{count} finished answer(s) in {channel}/{thread_ts}")
+
+    # --- the API -----------------------------------------------------------------------------
+
+    def _next_ts(self) -> str:
+        return f"{1_700_000_000 + next(self._ts)}.000100"
+
+    def answer(self, method: str, params: dict[str, Any], token: str | None) -> tuple[int, dict,
+                                                                                      dict]:
+        """(status, body, headers) for one call."""
+        with self._lock:
+            self.calls.append(Call(method, params, time.monotonic()))
+            if self._limits[method] > 0:
+                self._limits[method] -= 1
+                return 429, {"ok": False, "error": "ratelimited"}, {
+                    "Retry-After": str(self._retry_after)}
+        if not token:
+            return 200, {"ok": False, "error": "not_authed"}, {}
+        if token != self.token:
+            return 200, {"ok": False, "error": "invalid_auth"}, {}
+        handler = getattr(self, "_" + method.replace(".", "_"), None)
+        if handler is None:
+            return 200, {"ok": False, "error": "unknown_method", "req_method": method}, {}
+        with self._lock:
+            return 200, handler(params), {}
+
+    def _auth_test(self, params: dict) -> dict:
+        return {"ok": True, "url": "https://turnout-test.slack.com/", "team": "Turnout Test",
+                "user": "turnout", "team_id": TEAM, "user_id": BOT_USER, "bot_id": BOT_ID,
+                "is_enterprise_install": False}
+
+    def _chat_postMessage(self, params: dict) -> dict:
+        channel = params.get("channel")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        if not params.get("text") and not params.get("blocks"):
+            return {"ok": False, "error": "no_text"}
+        ts = self._next_ts()
+        message = Message(channel, ts, params.get("thread_ts"), params.get("text") or "",
+                          list(params.get("blocks") or []))
+        self.messages[(channel, ts)] = message
+        return {"ok": True, "channel": channel, "ts": ts, "message": self._shape(message)}
+
+    def _chat_update(self, params: dict) -> dict:
+        message = self.messages.get((params.get("channel"), params.get("ts")))
+        if message is None:
+            return {"ok": False, "error": "message_not_found"}
+        if "text" in params:
+            message.text = params["text"]
+        if "blocks" in params:
+            message.blocks = list(params["blocks"] or [])
+        message.streaming = False
+        message.edits += 1
+        return {"ok": True, "channel": message.channel, "ts": message.ts, "text": message.text,
+                "message": self._shape(message)}
+
+    def _chat_startStream(self, params: dict) -> dict:
+        if not self.streaming:
+            return {"ok": False, "error": self.stream_error}
+        channel = params.get("channel")
+        if not channel:
+            return {"ok": False, "error": "channel_not_found"}
+        if not params.get("thread_ts"):
+            return {"ok": False, "error": "invalid_arguments"}
+        ts = self._next_ts()
+        message = Message(channel, ts, params["thread_ts"], _markdown(params), streaming=True,
+                          streamed=True)
+        self.messages[(channel, ts)] = message
+        return {"ok": True, "channel": channel, "ts": ts}
+
+    def _chat_appendStream(self, params: dict) -> dict:
+        message = self.messages.get((params.get("channel"), params.get("ts")))
+        if message is None:
+            return {"ok": False, "error": "message_not_found"}
+        if not message.streaming:
+            return {"ok": False, "error": "message_not_in_streaming_state"}
+        message.text += _markdown(params)
+        return {"ok": True, "channel": message.channel, "ts": message.ts}
+
+    def _chat_stopStream(self, params: dict) -> dict:
+        message = self.messages.get((params.get("channel"), params.get("ts")))
+        if message is None:
+            return {"ok": False, "error": "message_not_found"}
+        if not message.streaming:
+            return {"ok": False, "error": "message_not_in_streaming_state"}
+        message.text += _markdown(params)
+        message.blocks = list(params.get("blocks") or [])
+        message.streaming = False
+        return {"ok": True, "channel": message.channel, "ts": message.ts,
+                "message": self._shape(message)}
+
+    def _assistant_threads_setStatus(self, params: dict) -> dict:
+        return {"ok": True}
+
+    def _assistant_threads_setSuggestedPrompts(self, params: dict) -> dict:
+        return {"ok": True}
+
+    def _assistant_threads_setTitle(self, params: dict) -> dict:
+        return {"ok": True}
+
+    @staticmethod
+    def _shape(message: Message) -> dict:
+        return {"type": "message", "user": BOT_USER, "bot_id": BOT_ID, "text": message.text,
+                "ts": message.ts, "thread_ts": message.thread_ts, "blocks": message.blocks}
+
+
+def _markdown(params: dict) -> str:
+    """The Markdown a streaming call carries: ``markdown_text`` and ``markdown_text`` chunks."""
+    text = params.get("markdown_text") or ""
+    for chunk in params.get("chunks") or []:
+        if isinstance(chunk, dict) and chunk.get("type") == "markdown_text":
+            text += chunk.get("text") or ""
+    return text
+
+
+_JSON_FIELDS = ("blocks", "chunks", "prompts", "metadata", "attachments")
+
+
+async def _params(request: Request) -> tuple[dict[str, Any], str | None]:
+    """The call's parameters (form or JSON body, query string) and the token it carried."""
+    raw = await request.body()
+    media = request.headers.get("content-type", "").split(";")[0].strip()
+    params: dict[str, Any] = dict(request.query_params)
+    if media == "application/json" and raw:
+        params.update(orjson.loads(raw))
+    elif raw:
+        params.update(parse_qsl(raw.decode(), keep_blank_values=True))
+    for name in _JSON_FIELDS:
+        if isinstance(params.get(name), str):
+            params[name] = orjson.loads(params[name])
+    auth = request.headers.get("authorization", "")
+    token = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else None
+    return params, token or params.pop("token", None)
+
+
+def slack_app(fake: FakeSlack) -> Starlette:
+    """The fake as an ASGI app."""
+
+    async def api(request: Request) -> Response:
+        params, token = await _params(request)
+        status, body, headers = fake.answer(request.path_params["method"], params, token)
+        return Response(orjson.dumps(body), status_code=status, headers=headers,
+                        media_type="application/json")
+
+    return Starlette(routes=[Route("/api/{method}", api, methods=["POST", "GET"])])
+
+
+@contextmanager
+def fake_slack(token: str = TOKEN) -> Iterator[FakeSlack]:
+    """A running fake Slack; its ``api_url`` is where the bot should talk."""
+    fake = FakeSlack(token)
+    with serve(slack_app(fake)) as url:
+        fake.url = url
+        yield fake
