@@ -9,12 +9,8 @@ question instead: by then the first was long handled.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx
@@ -23,135 +19,27 @@ import structlog
 
 from turnout.bots.slack.plugin import SlackBot
 from turnout.bots.slack.settings import SlackSettings
-from turnout.kernel.hookspecs import hookimpl
-from turnout.kernel.types import Chunk, Completion, Usage
 
-from .fakes.slack_server import BOT_USER, TEAM, TOKEN, FakeSlack, fake_slack
-from .gateway import Gateway, running_gateway
+from .fakes.slack_server import BOT_USER, TEAM, TOKEN
+from .gateway import running_gateway
 from .redis_support import prefix_fixture, redis_url_fixture  # noqa: F401
+from .slack_support import (  # noqa: F401 - the fixtures module_slack and slack
+    ANSWER,
+    CONFIG,
+    SECRET,
+    Upstream,
+    ask,
+    config,
+    context_of,
+    deliver,
+    envelope,
+    message,
+    module_slack_fixture,
+    slack_fixture,
+)
 from .support import settings_kernel
 
 pytestmark = pytest.mark.timeout(60)
-
-SECRET = "8f14e45fceea167a5a36dedd4bea2543"
-"""The app's signing secret in these tests."""
-
-ANSWER = ["Paris ", "is the ", "capital ", "of **France**."]
-"""What the upstream says, chunk by chunk."""
-
-CONFIG = {
-    "providers": {"p": {"kind": "openai-compatible", "base_url": "http://127.0.0.1:9/v1"}},
-    "models": {"small": {"provider": "p", "input_price": 1, "output_price": 2},
-               "big": {"provider": "p", "input_price": 10, "output_price": 20}},
-    "routes": {"chain": {"models": ["small", "big"]}, "strong": {"models": ["big"]}},
-    "routing": {"default": "chain"},
-}
-"""Two models; the Upstream plugin answers for both (the provider is never reached)."""
-
-
-class Upstream:
-    """Answers every step with ``parts``: a stream of them (``delay`` seconds apart, ``first``
-    before the first), or all at once for a request that does not stream; keeps what each
-    request asked: its model and its messages."""
-
-    def __init__(self, parts: list[str] | None = None, delay: float = 0.0,
-                 first: float = 0.0) -> None:
-        self.parts = list(parts or ANSWER)
-        self.delay, self.first = delay, first
-        self.asked: list[tuple[str, list[tuple[str, str]]]] = []
-
-    @hookimpl
-    def call(self, ctx, step):
-        self.asked.append((step.model.name,
-                           [(m.role, m.content) for m in ctx.request.messages]))
-        if not ctx.request.stream:
-            return Completion(content="".join(self.parts), usage=Usage(12, len(self.parts)))
-        return self._stream()
-
-    async def _stream(self):
-        await anyio.sleep(self.first)
-        for i, part in enumerate(self.parts):
-            if i and self.delay:
-                await anyio.sleep(self.delay)
-            if isinstance(part, Exception):
-                raise part
-            yield Chunk(content=part)
-        yield Chunk(finish_reason="stop", usage=Usage(12, len(self.parts)))
-
-
-@pytest.fixture(scope="module")
-def module_slack():
-    with fake_slack() as fake:
-        yield fake
-
-
-@pytest.fixture
-def slack(module_slack: FakeSlack) -> FakeSlack:
-    module_slack.reset()
-    return module_slack
-
-
-def config(fake: FakeSlack, **slack: Any) -> dict:
-    """The gateway config with ``[slack]`` pointed at the fake."""
-    return {**CONFIG, "slack": {"bot_token": TOKEN, "signing_secret": SECRET,
-                                "api_url": fake.api_url, **slack}}
-
-
-def sign(body: bytes, secret: str = SECRET, timestamp: int | None = None) -> dict[str, str]:
-    """Slack's request signature headers for ``body``."""
-    stamp = str(int(time.time()) if timestamp is None else timestamp)
-    digest = hmac.new(secret.encode(), f"v0:{stamp}:".encode() + body, hashlib.sha256)
-    return {"x-slack-request-timestamp": stamp, "x-slack-signature": "v0=" + digest.hexdigest(),
-            "content-type": "application/json"}
-
-
-_ids = iter(range(1, 1_000_000))
-
-
-def message(text: str, *, channel: str = "D0DM", user: str = "U0ANN", ts: str | None = None,
-            thread_ts: str | None = None, kind: str = "message") -> dict:
-    """A message event (``kind`` message or app_mention), ``channel_type`` im for a D channel."""
-    event = {"type": kind, "channel": channel, "user": user, "text": text, "team": TEAM,
-             "ts": ts or f"{1_800_000_000 + next(_ids)}.000200"}
-    if kind == "message" and channel.startswith("D"):
-        event["channel_type"] = "im"
-    if thread_ts:
-        event["thread_ts"] = thread_ts
-    event["event_ts"] = event["ts"]
-    return event
-
-
-def envelope(event: dict, event_id: str | None = None, team: str = TEAM) -> dict:
-    """An Events API delivery of ``event``."""
-    return {"token": "unused-verification-token", "team_id": team, "api_app_id": "A0TURNOUT",
-            "event": event, "type": "event_callback",
-            "event_id": event_id or f"Ev{next(_ids):08d}", "event_time": int(time.time()),
-            "authorizations": [{"enterprise_id": None, "team_id": team, "user_id": BOT_USER,
-                                "is_bot": True, "is_enterprise_install": False}]}
-
-
-def deliver(gateway: Gateway, payload: dict, *, retry: int | None = None, secret: str = SECRET,
-            timestamp: int | None = None) -> httpx.Response:
-    """POST a signed delivery to /slack/events."""
-    body = json.dumps(payload).encode()
-    headers = sign(body, secret, timestamp)
-    if retry is not None:
-        headers.update({"x-slack-retry-num": str(retry), "x-slack-retry-reason": "http_timeout"})
-    return httpx.post(gateway.url + "/slack/events", content=body, headers=headers, timeout=10)
-
-
-def ask(gateway: Gateway, event: dict, **kw: Any) -> dict:
-    """Deliver ``event``; it must be acknowledged at once. The delivery sent."""
-    payload = envelope(event, **kw)
-    response = deliver(gateway, payload)
-    assert response.status_code == 200, response.text
-    return payload
-
-
-def context_of(message) -> str:
-    (block,) = [b for b in message.blocks if b["type"] == "context"]
-    return block["elements"][0]["text"]
-
 
 # --- the Events API --------------------------------------------------------------------------
 
@@ -204,7 +92,7 @@ def test_the_stream_starts_appends_and_stops(tmp_path: Path, slack) -> None:
     assert 1 <= methods.count("chat.appendStream") <= 5, methods
     assert answer.text == "".join(parts)
     stop = slack.of("chat.stopStream")[0].params
-    assert [b["type"] for b in stop["blocks"]] == ["context"]
+    assert [b["type"] for b in stop["blocks"]] == ["context", "context_actions", "actions"]
     appends = [c.at for c in slack.of("chat.startStream", "chat.appendStream")]
     assert all(b - a >= 0.45 for a, b in zip(appends, appends[1:])), "appends are batched"
 
@@ -226,7 +114,8 @@ def test_without_streaming_the_answer_is_posted_and_edited_at_most_once_a_second
     gaps = [b.at - a.at for a, b in zip(writes, writes[1:-1])]
     assert all(gap >= 0.9 for gap in gaps), gaps  # the last edit (the footer) goes at once
     assert not answer.streamed and answer.edits >= 2
-    assert [b["type"] for b in answer.blocks] == ["section", "context"]
+    assert [b["type"] for b in answer.blocks] == ["section", "context", "context_actions",
+                                                  "actions"]
     assert answer.blocks[0]["text"] == {"type": "mrkdwn", "text": "".join(parts).strip()}
     assert upstream.asked[0][1] == [("user", "Say it slowly")]
 
@@ -272,7 +161,8 @@ def test_a_long_posted_answer_continues_in_further_messages(tmp_path: Path, slac
         assert all(len(text) <= 3000 and text.count("```") % 2 == 0 for text in sections)
         assert len(m.blocks) <= 50
     assert [b["type"] for b in messages[0].blocks if b["type"] != "section"] == []
-    assert messages[1].blocks[-1]["type"] == "context"
+    assert [b["type"] for b in messages[1].blocks[-3:]] == ["context", "context_actions",
+                                                            "actions"]
 
 
 def test_a_mention_is_asked_without_the_bots_own_mention(tmp_path: Path, slack) -> None:
@@ -574,11 +464,11 @@ def test_the_manifest_asks_for_what_the_bot_uses() -> None:
                                / "manifest.yml").read_text())
     settings = manifest["settings"]
     assert sorted(settings["event_subscriptions"]["bot_events"]) == [
-        "app_mention", "assistant_thread_context_changed", "assistant_thread_started",
-        "message.im"]
+        "app_home_opened", "app_mention", "assistant_thread_context_changed",
+        "assistant_thread_started", "message.im"]
     assert set(manifest["oauth_config"]["scopes"]["bot"]) == {
-        "app_mentions:read", "assistant:write", "chat:write", "commands", "im:history",
-        "im:read", "im:write"}
+        "app_mentions:read", "assistant:write", "chat:write", "commands", "files:write",
+        "im:history", "im:read", "im:write"}
     urls = [settings["event_subscriptions"]["request_url"],
             settings["interactivity"]["request_url"],
             manifest["features"]["slash_commands"][0]["url"]]
@@ -587,6 +477,7 @@ def test_the_manifest_asks_for_what_the_bot_uses() -> None:
     assert manifest["features"]["slash_commands"][0]["command"] == "/turnout"
     assert "assistant_view" in manifest["features"]
     assert manifest["features"]["app_home"]["messages_tab_enabled"] is True
+    assert manifest["features"]["app_home"]["home_tab_enabled"] is True
 
 
 # --- replicas --------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 )
 from slack_sdk.web.async_client import AsyncWebClient
 
-from . import chat
+from . import alerts, buttons, chat, commands, home
 from .settings import SlackSettings
 
 LOGGER = "turnout.slack"
@@ -76,6 +76,10 @@ def build_app(kernel: Any, settings: SlackSettings) -> SlackApp:
     answers = chat.Chat(kernel, settings, client)
     # Listeners, one register() per feature module.
     chat.register(app, answers)
+    buttons.register(app, answers)
+    commands.register(app, answers)
+    home.register(app, answers)
+    alerts.register(app, kernel, settings)
     return SlackApp(app=app, client=client, handler=AsyncSlackRequestHandler(app),
                     chat=answers)
 

@@ -12,14 +12,21 @@ Slack is acknowledged before any of this runs (slack-bolt acks events first when
 delivery Slack makes again anyway, or one message arriving as two events, is answered once
 (:func:`.security.claim`). A gateway refusal (a budget, a rate limit, no route) is answered in
 the thread as a short notice; a failure of Slack's API is logged and ends that answer only.
+
+Every answer written is also kept as a turn (:class:`Turn`, ``slack:turn:<request id>`` in the
+store, a week): what was asked (the thread's messages as sent), where, which model answered,
+what it cost and the decision record, for the buttons under it (:mod:`.buttons`): "Ask a
+stronger model" asks the same messages again on another model (:meth:`Chat.rerun`), "Why this
+model?" reads the decision.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import orjson
 import structlog
@@ -33,6 +40,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from turnout.kernel.errors import TurnoutError
 from turnout.kernel.observability import scrub
+from turnout.kernel.store import StoreError
 from turnout.kernel.types import Answer, ChatRequest, new_request_id
 
 from . import history, security
@@ -66,6 +74,10 @@ FAILED = ("The gateway failed while answering; the error is in its log. Try agai
 DRAIN_S = 10.0
 """How long shutdown waits for answers in progress before cancelling them."""
 
+TURN_TTL_S = history.HISTORY_TTL_S
+"""How long an answer's turn is kept for the buttons under it (a week, like a thread's
+history)."""
+
 _MENTION = re.compile(r"<@([A-Z0-9]+)(?:\|[^>]*)?>")
 
 
@@ -98,6 +110,56 @@ class Question:
                    thread_ts=str(event.get("thread_ts") or ts), event_id=body.get("event_id"),
                    user_team=event.get("user_team") or event.get("team") or team,
                    assistant=assistant, mention=mention)
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One answer as the buttons under it need it: the messages asked (the thread's history
+    and the question), where it was written, and the gateway's account of it."""
+
+    request_id: str
+    messages: list[dict[str, str]]
+    team: str | None
+    channel: str
+    thread_ts: str
+    model: str | None
+    route: str | None
+    cost_usd: float
+    attempts: int
+    decision: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def key(request_id: str) -> str:
+        """The store key of the turn of ``request_id``."""
+        return f"slack:turn:{request_id}"
+
+    def dumps(self) -> bytes:
+        return orjson.dumps({f.name: getattr(self, f.name) for f in fields(self)}, default=str)
+
+    @classmethod
+    def loads(cls, raw: bytes | None) -> "Turn | None":
+        """The turn stored as ``raw``; None for nothing, or a value that is not one."""
+        if not raw:
+            return None
+        try:
+            found = orjson.loads(raw)
+            return cls(**{f.name: found[f.name] for f in fields(cls)})
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return None
+
+    @property
+    def question(self) -> str:
+        """The last question in the turn's messages."""
+        return next((m["content"] for m in reversed(self.messages) if m["role"] == "user"), "")
+
+
+@dataclass(frozen=True, slots=True)
+class Said:
+    """What :meth:`Chat._ask` wrote: the text to remember in the thread's history (None for a
+    refusal or an answer cut short) and the gateway's account (None when refused)."""
+
+    text: str | None
+    answer: Answer | None
 
 
 def strip_mention(text: str, bot_user_id: str | None) -> str:
@@ -174,7 +236,7 @@ class Chat:
         refused = security.refusal(self.settings, body.get("team_id"),
                                    thread.get("channel_id"), thread.get("user_id"))
         if refused is not None:
-            log.info("slack_event_ignored", reason=refused, event="assistant_thread_started")
+            log.info("slack_event_ignored", reason=refused, slack_event="assistant_thread_started")
             return
         await self._quietly("assistant.threads.setSuggestedPrompts", set_suggested_prompts(
             prompts=SUGGESTED_PROMPTS, title="Ask anything; Turnout picks the model."))
@@ -187,14 +249,24 @@ class Chat:
         """Answer ``question`` in its thread, once, if the allowlists let it in. Never raises:
         whatever fails is logged (and, where Slack can still be reached, said in the
         thread)."""
+        async with self.working(lambda: self._notice(question, FAILED), team=question.team,
+                                channel=question.channel, user=question.user):
+            await self._answer(question, status, title)
+
+    @contextlib.asynccontextmanager
+    async def working(self, on_failure: Callable[[], Awaitable[Any]] | None = None, *,
+                      team: str | None = None, channel: str | None = None,
+                      user: str | None = None) -> AsyncIterator[None]:
+        """Run the body as work shutdown waits for (:meth:`drain`), logged with the Slack
+        team, channel and user. It never raises: a failed Slack call is logged; anything else
+        is logged and ``on_failure`` says so to the user (a failure of that is logged too)."""
         task = asyncio.current_task()
         if task is not None:
             self.busy.add(task)
         try:
-            with structlog.contextvars.bound_contextvars(
-                    slack_team=question.team, slack_channel=question.channel,
-                    slack_user=question.user):
-                await self._answer(question, status, title)
+            with structlog.contextvars.bound_contextvars(slack_team=team, slack_channel=channel,
+                                                         slack_user=user):
+                yield
         except asyncio.CancelledError:
             raise
         except Undeliverable as exc:
@@ -202,7 +274,14 @@ class Chat:
         except Exception as exc:  # noqa: BLE001 - the last guard: one answer fails, not the bot
             log.error("slack_answer_failed", error_type=type(exc).__name__,
                       error=scrub(exc, limit=300))
-            await self._quietly("chat.postMessage", self._notice(question, FAILED))
+            if on_failure is not None:
+                try:
+                    await on_failure()
+                except Undeliverable as again:
+                    log.info("slack_api_failed", method=again.method, error=again.error)
+                except Exception as again:  # noqa: BLE001 - said as far as Slack lets us
+                    log.info("slack_api_failed", error_type=type(again).__name__,
+                             error=scrub(again, limit=200))
         finally:
             if task is not None:
                 self.busy.discard(task)
@@ -238,14 +317,24 @@ class Chat:
                     await self._quietly("assistant.threads.setStatus", status(THINKING))
             asked = [*before, {"role": "user", "content": question.text}]
             said = await self._ask(question, asked)
-            if said is not None and self.settings.history_turns:
-                await history.save(store, key, [*asked, {"role": "assistant", "content": said}],
+            if said.text is not None and self.settings.history_turns:
+                await history.save(store, key, [*asked, {"role": "assistant",
+                                                         "content": said.text}],
                                    self.settings.history_turns)
 
-    async def _ask(self, question: Question, messages: list[dict[str, str]]) -> str | None:
-        """Ask the gateway and write the answer into the thread; the answer's text, or None
-        when there is none to remember (refused, cut short)."""
-        route = self.settings.route_for(question.channel)
+    async def rerun(self, question: Question, messages: list[dict[str, str]],
+                    model: str) -> Answer | None:
+        """Ask ``messages`` again on ``model`` for ``question``'s user and write the answer
+        into ``question``'s thread, streamed, with its own context line and buttons (the
+        thread's history is left as it was). The gateway's account of it; None when the gateway
+        refused (said in the thread). Raises what :meth:`working` guards against."""
+        return (await self._ask(question, messages, model=model)).answer
+
+    async def _ask(self, question: Question, messages: list[dict[str, str]], *,
+                   model: str | None = None) -> Said:
+        """Ask the gateway (on ``model``, else the channel's route) and write the answer into
+        the thread, then keep its turn for the buttons under it."""
+        route = model or self.settings.route_for(question.channel)
         request = ChatRequest(model=route, messages=messages)
         caller = security.caller(self.settings, question.team, question.user)
         request_id = new_request_id()
@@ -258,13 +347,14 @@ class Chat:
                         request, caller=caller, client=caller.key or "slack",
                         request_id=request_id)
                     await reply.whole(answer.content or "", answer)
-                    return answer.content
+                    await self._keep(question, messages, answer)
+                    return Said(answer.content, answer)
                 stream = await self.kernel.ask_stream(
                     request, caller=caller, client=caller.key or "slack", request_id=request_id)
             except TurnoutError as exc:
                 log.info("slack_request_refused", error=exc.code)
                 await self._notice(question, exc.message)
-                return None
+                return Said(None, None)
             note = None
             try:
                 async for chunk in stream:
@@ -280,8 +370,24 @@ class Chat:
                 note = "The answer was cut short: the gateway failed; its log has the details."
             finally:
                 await stream.aclose()
-            await reply.finish(stream.answer, note=note)
-            return reply.text if note is None else None
+            answer = stream.answer
+            await reply.finish(answer, note=note)
+            await self._keep(question, messages, answer)
+            return Said(reply.text if note is None else None, answer)
+
+    async def _keep(self, question: Question, messages: list[dict[str, str]],
+                    answer: Answer) -> None:
+        """Keep the turn of an answer written, for the buttons under it; a store that fails
+        costs the buttons, not the answer."""
+        turn = Turn(request_id=answer.request_id, messages=messages, team=question.team,
+                    channel=question.channel, thread_ts=question.thread_ts, model=answer.model,
+                    route=answer.route, cost_usd=answer.cost_usd, attempts=answer.attempts,
+                    decision=dict(answer.decision))
+        try:
+            await self.kernel.store.set(Turn.key(turn.request_id), turn.dumps(),
+                                        ttl_s=TURN_TTL_S)
+        except StoreError as exc:
+            log.warning("slack_turn_not_kept", error=exc.message)
 
     # --- small things --------------------------------------------------------------------------
 

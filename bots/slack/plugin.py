@@ -7,6 +7,10 @@ commands, interactivity) on ``POST /slack/events``; with an app token it also co
 Socket Mode at startup. With neither token it does nothing, and ``/slack/events`` answers 404
 saying how to configure Slack. The route is registered while plugins load, before any settings
 are read, so it always exists; what it does is decided at startup.
+
+It is also an alert sink: its ``alert`` hook hands each alert to :class:`~.alerts.AlertPoster`
+(posted once, updated in place, resolved; acknowledged and muted from its buttons), through the
+kernel's deferred work, so nothing that raised an alert waits for Slack.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from starlette.responses import JSONResponse, Response
 from turnout.kernel.errors import BodyTooLarge, ConfigError, NotFound, TurnoutError
 from turnout.kernel.hookspecs import hookimpl
 from turnout.kernel.observability import scrub
+from turnout.kernel.types import Alert
 
 from .settings import SlackSettings
 
@@ -66,6 +71,8 @@ class SlackBot:
         self.socket: Any = None
         """The Socket Mode client when ``app_token`` is set."""
         self._connecting: asyncio.Task | None = None
+        self.alerts: Any = None
+        """The alert poster (:class:`~.alerts.AlertPoster`) while the bot runs."""
 
     @hookimpl
     def register_http_routes(self, register) -> None:
@@ -84,9 +91,11 @@ class SlackBot:
         problem = self.settings.problem()
         if problem is not None:
             raise ConfigError(problem)
+        from .alerts import AlertPoster
         from .app import build_app, socket_mode
 
         self.bot = build_app(kernel, self.settings)
+        self.alerts = AlertPoster(kernel, self.settings)
         modes = ["events API on POST " + EVENTS_PATH] if self.settings.signing_secret else []
         if self.settings.app_token is not None:
             self.socket = socket_mode(self.bot, self.settings.app_token.get_secret_value())
@@ -94,6 +103,13 @@ class SlackBot:
             modes.append("socket mode")
         log.info("slack_bot_started", receives=", ".join(modes), route=self.settings.route,
                  streaming=self.settings.stream)
+
+    @hookimpl
+    def alert(self, alert: Alert) -> None:
+        """Hand the alert to the poster (deferred, in order per key); returns at once. Does
+        nothing while the bot is off."""
+        if self.alerts is not None:
+            self.alerts.submit(alert)
 
     async def _connect(self) -> None:
         """Connect Socket Mode, trying again while Slack cannot be reached (the gateway's API

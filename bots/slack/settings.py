@@ -79,6 +79,11 @@ class SlackSettings(BaseModel):
     stream: bool = Field(default=True, description="Stream answers as they are written "
                          "(Slack's chat streaming, else a message edited about once a "
                          "second). False: post each answer once, complete.")
+    alerts_channel: str | None = Field(
+        default=None, min_length=1, description="Where alerts go whose [[alerts]] rule names "
+        "no channel (budget alerts without a budget rule, too): a channel id (C0123456789) or "
+        "a name (#llm-ops), which Slack resolves when the alert is posted; the bot must be a "
+        "member of the channel. Omitted: such alerts are not posted to Slack (logged once).")
 
     @model_validator(mode="before")
     @classmethod

@@ -4,14 +4,21 @@ It checks the bot token the way Slack does (``Authorization: Bearer``, or a ``to
 ``{"ok": false, "error": "not_authed"}`` or ``"invalid_auth"``), answers ``{"ok": true, ...}``
 with the fields the real methods return (``auth.test``, ``chat.postMessage``, ``chat.update``,
 ``chat.startStream``, ``chat.appendStream``, ``chat.stopStream``,
-``assistant.threads.setStatus``, ``setSuggestedPrompts``, ``setTitle``), ``unknown_method``
-for anything else, and keeps the messages it was sent (posted, edited, streamed) so tests can
-read a thread as a user would see it.
+``assistant.threads.setStatus``, ``setSuggestedPrompts``, ``setTitle``, ``chat.postEphemeral``,
+``views.publish``, ``files.getUploadURLExternal``, ``files.completeUploadExternal``),
+``unknown_method`` for anything else, and keeps the messages it was sent (posted, edited,
+streamed) so tests can read a thread as a user would see it.
+
+Beside the Web API it serves what Slack hands out URLs for: ``POST /upload/<file id>`` (the
+``upload_url`` of ``files.getUploadURLExternal``: the bytes are kept, see :attr:`FakeSlack.files`)
+and ``POST /respond/<name>`` (a slash command's or a button's ``response_url``: what the app
+answers is kept, see :meth:`FakeSlack.responses`; :meth:`FakeSlack.response_url` makes one).
 
 Every call is recorded (method, params, when) before it is answered. Switches: ``streaming =
 False`` makes ``chat.startStream`` answer ``{"ok": false, "error": "method_not_supported"}``
 as a workspace without streaming does; :meth:`FakeSlack.rate_limit` answers a method 429 with
-``Retry-After`` (and ``{"ok": false, "error": "ratelimited"}``) the next few times.
+``Retry-After`` (and ``{"ok": false, "error": "ratelimited"}``) the next few times;
+``closed_channels`` answers ``files.completeUploadExternal`` into them ``not_in_channel``.
 """
 
 from __future__ import annotations
@@ -64,6 +71,21 @@ class Message:
     edits: int = 0
 
 
+@dataclass
+class Upload:
+    """A file being uploaded: what ``files.getUploadURLExternal`` was told, the bytes POSTed to
+    its upload URL, and where ``files.completeUploadExternal`` shared it."""
+
+    id: str
+    filename: str
+    length: int
+    alt_txt: str | None = None
+    data: bytes | None = None
+    title: str | None = None
+    channel: str | None = None
+    completed: bool = False
+
+
 class FakeSlack:
     """The fake's state: calls received, messages, switches. Thread-safe (the server runs in
     its own thread)."""
@@ -78,6 +100,13 @@ class FakeSlack:
         self._retry_after = 1
         self._lock = threading.Lock()
         self._ts = itertools.count(1)
+        self._ids = itertools.count(1)
+        self.files: dict[str, Upload] = {}
+        """Uploads by file id."""
+        self.views: dict[str, dict] = {}
+        """The home view last published for each user."""
+        self.closed_channels: set[str] = set()
+        self._responses: list[tuple[str, dict]] = []
         self.url = ""
         """The server's base URL, once serving."""
 
@@ -91,7 +120,20 @@ class FakeSlack:
             self.calls.clear()
             self.messages.clear()
             self._limits.clear()
+            self.files.clear()
+            self.views.clear()
+            self._responses.clear()
+            self.closed_channels.clear()
         self.streaming = True
+
+    def response_url(self, name: str) -> str:
+        """A ``response_url`` to hand the app in a slash command or interaction payload."""
+        return f"{self.url}/respond/{name}"
+
+    def responses(self, name: str | None = None) -> list[dict]:
+        """What the app POSTed to response URLs (to ``name``'s only, when given), in order."""
+        with self._lock:
+            return [body for hook, body in self._responses if name is None or hook == name]
 
     def rate_limit(self, method: str, times: int = 1, retry_after: int = 1) -> None:
         """Answer ``method`` 429 the next ``times`` times."""
@@ -222,6 +264,67 @@ class FakeSlack:
         return {"ok": True, "channel": message.channel, "ts": message.ts,
                 "message": self._shape(message)}
 
+    def _chat_postEphemeral(self, params: dict) -> dict:
+        if not params.get("channel"):
+            return {"ok": False, "error": "channel_not_found"}
+        if not params.get("user"):
+            return {"ok": False, "error": "user_not_in_channel"}
+        if not params.get("text") and not params.get("blocks"):
+            return {"ok": False, "error": "no_text"}
+        return {"ok": True, "message_ts": self._next_ts()}
+
+    def _views_publish(self, params: dict) -> dict:
+        view = params.get("view")
+        if not params.get("user_id"):
+            return {"ok": False, "error": "invalid_arguments"}
+        if not isinstance(view, dict) or view.get("type") != "home" \
+                or not isinstance(view.get("blocks"), list) or len(view["blocks"]) > 100:
+            return {"ok": False, "error": "invalid_arguments"}
+        self.views[params["user_id"]] = view
+        return {"ok": True, "view": {**view, "id": f"V{next(self._ids):08d}"}}
+
+    def _files_getUploadURLExternal(self, params: dict) -> dict:
+        filename, length = params.get("filename"), str(params.get("length") or "")
+        if not filename or not length.isdigit() or int(length) <= 0:
+            return {"ok": False, "error": "invalid_arguments"}
+        file_id = f"F{next(self._ids):08d}"
+        self.files[file_id] = Upload(file_id, filename, int(length), params.get("alt_txt"))
+        return {"ok": True, "upload_url": f"{self.url}/upload/{file_id}", "file_id": file_id}
+
+    def _files_completeUploadExternal(self, params: dict) -> dict:
+        files = params.get("files")
+        if not isinstance(files, list) or not files:
+            return {"ok": False, "error": "invalid_arguments"}
+        channel = params.get("channel_id")
+        if channel in self.closed_channels:
+            return {"ok": False, "error": "not_in_channel"}
+        done = []
+        for entry in files:
+            upload = self.files.get(entry.get("id")) if isinstance(entry, dict) else None
+            if upload is None or upload.data is None:
+                return {"ok": False, "error": "file_not_found"}
+            upload.title, upload.channel, upload.completed = entry.get("title"), channel, True
+            done.append({"id": upload.id, "name": upload.filename, "title": upload.title,
+                         "size": len(upload.data)})
+        return {"ok": True, "files": done}
+
+    def upload(self, file_id: str, data: bytes) -> tuple[int, str]:
+        """The bytes POSTed to an upload URL: (status, body) as Slack's file servers answer."""
+        with self._lock:
+            self.calls.append(Call("(upload)", {"file_id": file_id, "bytes": len(data)},
+                                   time.monotonic()))
+            upload = self.files.get(file_id)
+            if upload is None:
+                return 404, "Not Found"
+            upload.data = data
+            return 200, f"OK - {len(data)}"
+
+    def respond(self, name: str, body: dict) -> None:
+        """A POST to the response URL ``name``."""
+        with self._lock:
+            self.calls.append(Call("(respond)", {"name": name, **body}, time.monotonic()))
+            self._responses.append((name, body))
+
     def _assistant_threads_setStatus(self, params: dict) -> dict:
         return {"ok": True}
 
@@ -246,7 +349,7 @@ def _markdown(params: dict) -> str:
     return text
 
 
-_JSON_FIELDS = ("blocks", "chunks", "prompts", "metadata", "attachments")
+_JSON_FIELDS = ("blocks", "chunks", "prompts", "metadata", "attachments", "files", "view")
 
 
 async def _params(request: Request) -> tuple[dict[str, Any], str | None]:
@@ -275,7 +378,17 @@ def slack_app(fake: FakeSlack) -> Starlette:
         return Response(orjson.dumps(body), status_code=status, headers=headers,
                         media_type="application/json")
 
-    return Starlette(routes=[Route("/api/{method}", api, methods=["POST", "GET"])])
+    async def upload(request: Request) -> Response:
+        status, body = fake.upload(request.path_params["file_id"], await request.body())
+        return Response(body, status_code=status, media_type="text/plain")
+
+    async def respond(request: Request) -> Response:
+        fake.respond(request.path_params["name"], orjson.loads(await request.body() or b"{}"))
+        return Response(orjson.dumps({"ok": True}), media_type="application/json")
+
+    return Starlette(routes=[Route("/api/{method}", api, methods=["POST", "GET"]),
+                             Route("/upload/{file_id}", upload, methods=["POST"]),
+                             Route("/respond/{name}", respond, methods=["POST"])])
 
 
 @contextmanager
