@@ -742,6 +742,18 @@ def _money(value: float | None) -> str:
     return "-" if value is None else f"${value:.6f}".rstrip("0").rstrip(".")
 
 
+def rate_limit_usage(entry: dict) -> list[str]:
+    """A rate limit of :meth:`Admin.show` in words, per unit: ``60 rpm (12 in the last
+    minute)``."""
+    parts = []
+    for unit, used in (("rpm", "requests_last_minute"), ("tpm", "tokens_last_minute")):
+        if entry.get(unit) is not None:
+            count = entry.get(used)
+            parts.append(f"{entry[unit]:,} {unit}" + (f" ({count:,.0f} in the last minute)"
+                                                       if count is not None else ""))
+    return parts
+
+
 def render_limits(shown: dict) -> str:
     """``turnout budget show`` for people: one line per budget and per rate limit."""
     lines = ["budgets:"]
@@ -760,13 +772,7 @@ def render_limits(shown: dict) -> str:
     count = len(lines)
     for r in shown.get("rate_limits", []):
         source = r["source"] + (", replaces config" if r.get("replaces_config") else "")
-        parts = []
-        for unit, used in (("rpm", "requests_last_minute"), ("tpm", "tokens_last_minute")):
-            if r.get(unit) is not None:
-                count_now = r.get(used)
-                parts.append(f"{r[unit]} {unit}" + (f" ({count_now:g} in the last minute)"
-                                                     if count_now is not None else ""))
-        lines.append(f"  {_who(r)}: {', '.join(parts)} [{source}]")
+        lines.append(f"  {_who(r)}: {', '.join(rate_limit_usage(r))} [{source}]")
     if len(lines) == count:
         lines.append("  (none)")
     return "\n".join(lines)

@@ -408,7 +408,7 @@ def test_the_cli_makes_keys_and_sets_budgets_on_a_served_gateway(
     assert rate.returncode == 0 and '"rpm": 1000' in rate.stdout
     assert shown.returncode == 0, shown.stderr
     assert "team 'qa': $1e-12 per day; spent $0, left $0" in shown.stdout
-    assert "[runtime]" in shown.stdout and "global: 1000 rpm" in shown.stdout
+    assert "[runtime]" in shown.stdout and "global: 1,000 rpm" in shown.stdout
     assert refused.status_code == 429
     assert removed.returncode == 0 and removed.stdout.startswith("removed runtime budget")
     assert allowed.status_code == 200

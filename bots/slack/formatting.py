@@ -40,6 +40,7 @@ from slack_sdk.models.blocks import (
 )
 
 from turnout.kernel.types import Answer
+from turnout.plugins.admin import rate_limit_usage
 
 SECTION_CHARS = 3000
 """Most characters of a section block's text."""
@@ -661,16 +662,8 @@ def budget_lines(budgets: list[dict[str, Any]]) -> list[str]:
 
 def rate_limit_lines(rate_limits: list[dict[str, Any]]) -> list[str]:
     """Each rate limit of ``Admin.show()`` as a mrkdwn line, with what its window counted."""
-    lines = []
-    for entry in rate_limits:
-        parts = []
-        for unit, used in (("rpm", "requests_last_minute"), ("tpm", "tokens_last_minute")):
-            if entry.get(unit) is not None:
-                count = entry.get(used)
-                parts.append(f"{entry[unit]:,} {unit}" + (f" ({count:,.0f} in the last minute)"
-                                                           if count is not None else ""))
-        lines.append(f"*rate limit of {escape(_scope(entry))}*: {', '.join(parts)}")
-    return lines
+    return [f"*rate limit of {escape(_scope(entry))}*: {', '.join(rate_limit_usage(entry))}"
+            for entry in rate_limits]
 
 
 def models_text(models: list[Any]) -> str:
