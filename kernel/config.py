@@ -211,10 +211,13 @@ class Route(Section):
     models: list[str] = Field(min_length=1, description="Model names in preference order.")
     strategy: str = Field(default="fallback", description="Registered strategy that runs the "
                           "route; built in: 'fallback' (try each model in order until one "
-                          "answers).")
-    validators: list[str] | None = Field(default=None, description="Registered validators that "
-                                         "judge every answer on this route; unset: all of them "
-                                         "(built in: 'json').")
+                          "answers), 'cascade' (cheapest first, the first answer the validators "
+                          "pass) and 'race' (the first n models at once, the first good answer "
+                          "wins).")
+    validators: list[str | dict[str, Any]] | None = Field(
+        default=None, description="Validators that judge every answer on this route: registered "
+        "names, or tables { kind = \"<name>\", ...its settings } (see \"Validators\"); unset: "
+        "every registered validator that takes no settings (built in: 'json').")
     max_attempts: int = Field(default=4, ge=1, description="Calls one request may make on this "
                               "route, retries included; the kernel stops it there whatever the "
                               "strategy or escalate plugins say.")

@@ -2,7 +2,8 @@
 
 The kernel's sections come from :mod:`turnout.kernel.config`; every other table from the models
 the loaded plugins declare: plugin sections (``[record]``), provider kinds
-(``[providers.NAME]``), strategy sub-tables (``[routes.NAME.fallback]``) and store backends
+(``[providers.NAME]``), strategy sub-tables (``[routes.NAME.fallback]``), validator tables
+(``[routes.NAME] validators = { kind = "length" }``) and store backends
 (``[state] backend = "memory"``). ``turnout config docs`` prints it; ``docs/configuration.md`` embeds it,
 and a test checks the two agree.
 """
@@ -45,6 +46,9 @@ def sections(kernel: Kernel) -> list[tuple[str, type[BaseModel]]]:
         model = getattr(strategy, "Settings", None)
         if model is not None:
             out.append((f"[routes.NAME.{name}]", model))
+    for name, validator in kernel.validators.items():
+        if validator.settings is not None:
+            out.append((f'[routes.NAME] validators = {{ kind = "{name}" }}', validator.settings))
     for backend, factory in kernel.store_backends.items():
         model = getattr(factory, "Settings", None)
         if model is not None:

@@ -398,6 +398,13 @@ def register_validators(register: Callable[..., None]) -> None:
     Call ``register(name, check)`` where ``check(ctx, completion)`` returns a
     :class:`~turnout.kernel.types.Verdict` or None (does not apply); it may be ``async``.
 
+    A validator with settings registers their pydantic model too:
+    ``register(name, check, settings=Model)``. Routes then list it as a table,
+    ``validators = [{ kind = "<name>", ...its settings }]``, validated by ``Model`` when the config
+    loads (errors name file and line); ``check(ctx, completion, settings)`` receives the validated
+    table when it declares that third parameter. A route that sets no ``validators`` runs every
+    validator registered without a settings model.
+
     :param register: The callback.
     :return: Nothing.
 

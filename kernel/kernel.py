@@ -41,7 +41,7 @@ from .errors import (
 from .manager import PluginManager, resolve
 from .observability import scrub
 from .provider import Provider, ProviderSettings
-from .registry import ModelRegistry, Registry
+from .registry import ModelRegistry, Registry, Validator
 from .store import Store
 from .strategy import AttemptFailed, Run, Strategy
 from .types import (
@@ -77,7 +77,10 @@ BUILTINS = {
     "rules_router": "turnout.plugins.rules_router:RulesRouter",
     "fit": "turnout.plugins.fit",
     "fallback": "turnout.plugins.fallback:Fallback",
+    "cascade": "turnout.plugins.cascade",
+    "race": "turnout.plugins.race",
     "json_validator": "turnout.plugins.json_validator",
+    "validators": "turnout.plugins.validators:Validators",
     "budgets": "turnout.plugins.budgets:Budgets",
     "rate_limits": "turnout.plugins.rate_limits:RateLimits",
     "cache": "turnout.plugins.cache:ResponseCache",
@@ -157,7 +160,7 @@ class Kernel:
             "provider kind", lambda factory, settings=None: ProviderKind(
                 factory, settings or settings_model(factory) or ProviderSettings))
         self.strategies: Registry[Strategy] = Registry("strategy")
-        self.validators: Registry[Callable[..., Any]] = Registry("validator")
+        self.validators: Registry[Validator] = Registry("validator", Validator.of)
         self.store_backends: Registry[Callable[..., Store]] = Registry("store backend")
         self.http_routes: Registry[HttpRoute] = Registry(
             "HTTP route", lambda endpoint, methods=("GET",): HttpRoute(endpoint, tuple(methods)))
@@ -200,13 +203,21 @@ class Kernel:
         self.wiring = wire(self)
         self.config.fail(self.config.problems() + problems + self.wiring.problems)
         for name, route in self.config.routes.items():
-            self._route_validators[name] = self._validators_for(route)
+            self._route_validators[name] = self._validators_for(route, name)
         self._default_validators = self._validators_for(DEFAULT_ROUTE)
         self.loaded = True
 
-    def _validators_for(self, route: Route) -> list[tuple[str, Callable[..., Any]]]:
-        names = self.validators.names() if route.validators is None else route.validators
-        return [(name, self.validators[name]) for name in names]
+    def _validators_for(self, route: Route,
+                        name: str | None = None) -> list[tuple[str, Callable[..., Any]]]:
+        """The checks judging ``route``'s answers, each bound to its validated settings: those
+        the route lists, or (unset) every validator registered without a settings model."""
+        if route.validators is None:
+            return [(kind, v.bind(None)) for kind, v in sorted(self.validators.items())
+                    if v.settings is None]
+        configured = self.wiring.validators.get(name or "")
+        if configured is None:  # not wired (the default route): names only, default settings
+            configured = [(v, None) for v in route.validators if isinstance(v, str)]
+        return [(kind, self.validators[kind].bind(settings)) for kind, settings in configured]
 
     def plugin_settings(self, plugin: object | str) -> Any:
         """A plugin's validated settings (its ``Settings`` model filled from its table), by
@@ -564,8 +575,10 @@ class Kernel:
 
     # --- attempts (for strategies, through Run) ------------------------------------------------
 
-    async def _attempt(self, ctx: Context, step: Step) -> Completion | Started:
-        """One call of ``step``, traced and counted; raises AttemptFailed on failure."""
+    async def _attempt(self, ctx: Context, step: Step,
+                       stream: bool | None = None) -> Completion | Started:
+        """One call of ``step``, traced and counted; raises AttemptFailed on failure.
+        ``stream=False`` on a streaming request: the whole answer, read to its end."""
         self._check_attempts(ctx)
         attempt = Attempt(model=step.model.name, provider=step.model.provider,
                           started=time.perf_counter())
@@ -573,7 +586,8 @@ class Kernel:
         await self._admit(ctx, step, attempt)
         error: Exception | None = None
         failed: list[Verdict] = []
-        call = self._call_first_chunk if ctx.request.stream else self._call_whole
+        streaming = ctx.request.stream if stream is None else stream and ctx.request.stream
+        call = self._call_first_chunk if streaming else self._call_whole
         with self._attempt_span(step) as span:
             _gen_ai_request(span, ctx, step)
             ctx.begin_wait()
@@ -612,7 +626,9 @@ class Kernel:
         else:
             reason = ValidationFailed("every answer failed validation: "
                                       + "; ".join(f"{v.validator}: {v.reason}" for v in failed))
-        raise AttemptFailed(step, error, failed, reason)
+        raise AttemptFailed(step, error, failed, reason,
+                            completion=result if error is None and isinstance(result, Completion)
+                            else None)
 
     async def _admit(self, ctx: Context, step: Step, attempt: Attempt) -> None:
         """Fire ``admit`` for an attempt. On a refusal the holds taken before it are ended at
@@ -704,6 +720,8 @@ class Kernel:
         scope = anyio.fail_after(step.timeout_s) if step.timeout_s else nullcontext()
         with scope:
             result = await self._call(ctx, step)
+            if ctx.request.stream and not isinstance(result, Completion):
+                result = await _whole(result, step)  # a whole answer asked of a stream
         if not isinstance(result, Completion):
             raise PluginError("a call plugin returned a stream for a non-streaming request",
                               plugin=getattr(result, "plugin", "?"), hook="call")
@@ -960,6 +978,26 @@ async def _replay(completion: Completion) -> AsyncIterator[Chunk]:
                 tool_calls=[{"index": i, **c} for i, c in enumerate(completion.tool_calls or [])]
                 or None)
     yield Chunk(finish_reason=completion.finish_reason, usage=completion.usage)
+
+
+async def _whole(chunks: Any, step: Step) -> Completion:
+    """A stream read to its end as one Completion (usage as the stream reported it)."""
+    parts: list[str] = []
+    calls: dict[int, dict] = {}
+    usage, finish = Usage(), None
+    try:
+        async for chunk in chunks:
+            parts.append(chunk.content or "")
+            if chunk.tool_calls:
+                _merge_tool_calls(calls, chunk.tool_calls)
+            usage = chunk.usage or usage
+            finish = chunk.finish_reason or finish
+    finally:
+        await _aclose(chunks)
+    return Completion(content="".join(parts) if any(parts) or not calls else None,
+                      finish_reason=finish or "stop",
+                      tool_calls=[calls[i] for i in sorted(calls)] or None, usage=usage,
+                      model=step.model.name, provider=step.model.provider)
 
 
 def _merge_tool_calls(calls: dict[int, dict], deltas: list[dict]) -> None:

@@ -7,6 +7,8 @@ registered twice is a configuration error naming both plugins.
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from .errors import ConfigError
@@ -49,6 +51,36 @@ class ModelRegistry:
                 input_price=m.input_price, output_price=m.output_price,
                 capabilities=frozenset(m.capabilities), tier=m.tier, description=m.description))
         return registry
+
+
+@dataclass(frozen=True, slots=True)
+class Validator:
+    """A registered validator: ``check``, and the pydantic model of its route settings, if any."""
+
+    check: Callable[..., Any]
+    """``check(ctx, completion)``, or ``check(ctx, completion, settings)``; may be async."""
+    settings: type | None = None
+    """Validates the validator's table in ``routes.NAME.validators``; None: it takes no keys."""
+    takes_settings: bool = False
+    """Whether ``check`` declares a third parameter (its validated settings)."""
+
+    @classmethod
+    def of(cls, check: Callable[..., Any], settings: type | None = None) -> "Validator":
+        """What ``register(name, check, settings=Model)`` registers."""
+        try:
+            params = list(inspect.signature(check).parameters.values())
+        except (TypeError, ValueError):
+            params = []
+        positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        takes = len(positional) >= 3 or any(p.kind is p.VAR_POSITIONAL for p in params)
+        return cls(check, settings, takes)
+
+    def bind(self, settings: Any) -> Callable[..., Any]:
+        """``check`` as ``f(ctx, completion)``, called with ``settings`` if it takes them."""
+        if not self.takes_settings:
+            return self.check
+        check = self.check
+        return lambda ctx, completion: check(ctx, completion, settings)
 
 
 class Registry(Generic[T]):

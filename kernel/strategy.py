@@ -48,15 +48,18 @@ class Strategy(ABC):
 
 class AttemptFailed(Exception):
     """An attempt failed: the provider raised (``error``) or the answer failed validation
-    (``verdicts``). ``reason`` is what the request fails with if nothing else is tried."""
+    (``verdicts``). ``reason`` is what the request fails with if nothing else is tried.
+    ``completion`` is the whole answer that failed validation (None after an error or for a
+    stream), for a strategy that may still return the best of the rejected answers."""
 
     def __init__(self, step: Step, error: Exception | None, verdicts: list[Verdict],
-                 reason: Exception) -> None:
+                 reason: Exception, completion: Completion | None = None) -> None:
         super().__init__(str(reason))
         self.step = step
         self.error = error
         self.verdicts = verdicts
         self.reason = reason
+        self.completion = completion
 
 
 class Run:
@@ -80,12 +83,14 @@ class Run:
         """The strategy's settings for this route (``[routes.NAME.<strategy>]``)."""
         return self.plan.settings
 
-    async def attempt(self, step: Step) -> Completion | Started:
+    async def attempt(self, step: Step, *, stream: bool | None = None) -> Completion | Started:
         """Call ``step`` once: a ``call`` plugin or the model's provider answers, validators
         judge. Returns the answer (streaming: once its first chunk has arrived); raises
         :class:`AttemptFailed` on an error or a failed verdict, or the error that ends the
-        request when its attempts are used up."""
-        return await self.kernel._attempt(self.ctx, step)
+        request when its attempts are used up. ``stream=False`` asks a streaming request's
+        attempt for the whole answer (read to its end and judged) as a Completion; the default
+        follows the request."""
+        return await self.kernel._attempt(self.ctx, step, stream=stream)
 
     async def escalate(self, failed: AttemptFailed) -> Escalation:
         """Ask the ``escalate`` plugins what to do after ``failed``; ``stop`` when none answers

@@ -144,6 +144,9 @@ class Verdict:
     ok: bool
     validator: str
     reason: str = ""
+    score: float | None = None
+    """How good the answer is, 0..1, where the validator can say (``judge``: its score / 10;
+    ``logprobs``: the mean token probability); None where it cannot."""
 
 
 @dataclass(slots=True)

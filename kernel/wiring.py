@@ -34,6 +34,8 @@ class Wiring:
     """(route, strategy) -> the route's validated sub-table for that strategy."""
     routes: dict[tuple[str, str], BaseModel] = field(default_factory=dict)
     """(route, plugin) -> the plugin's keys of that route (its ``RouteSettings``), validated."""
+    validators: dict[str, list[tuple[str, BaseModel | None]]] = field(default_factory=dict)
+    """Route -> the validators it lists, in order: (registered name, its validated settings)."""
     route_models: dict[str, type[BaseModel]] = field(default_factory=dict)
     """Plugin -> the ``RouteSettings`` model it declares."""
     store: BaseModel | None = None
@@ -113,10 +115,9 @@ def wire(kernel: Kernel) -> Wiring:
         if route.strategy not in strategies:
             out.problems.append((("routes", name, "strategy"), f"unknown strategy "
                                  f"{route.strategy!r}; registered: {strategies.known()}"))
-        for v in route.validators or ():
-            if v not in validators:
-                out.problems.append((("routes", name, "validators"), f"unknown validator {v!r}; "
-                                     f"registered: {validators.known()}"))
+        if route.validators is not None:
+            out.validators[name] = _route_validators(validators, name, route.validators,
+                                                     validate, out.problems)
         for key, raw in (route.model_extra or {}).items():
             if key in route_keys:
                 owned[route_keys[key]][key] = raw
@@ -144,6 +145,36 @@ def wire(kernel: Kernel) -> Wiring:
         validate(settings_model(factory) or NoSettings, config.state.model_extra or {},
                  ("state",), lambda v: setattr(out, "store", v))
     return out
+
+
+def _route_validators(validators: Any, route: str, entries: list, validate: Callable,
+                      problems: list[Problem]) -> list[tuple[str, BaseModel | None]]:
+    """A route's ``validators``: each a registered name, or a table ``{ kind = "<name>", ...}``
+    validated by the settings model the validator was registered with."""
+    found: list[tuple[str, BaseModel | None]] = []
+    for i, entry in enumerate(entries):
+        where = ("routes", route, "validators", i)
+        raw: dict[str, Any] = {}
+        if isinstance(entry, str):
+            kind = entry
+        else:
+            raw = dict(entry)
+            kind = raw.pop("kind", None)
+            if not isinstance(kind, str):
+                problems.append(((*where, "kind"), "a validator table needs kind = \"<name>\"; "
+                                 f"registered: {validators.known()}"))
+                continue
+        registered = validators.get(kind)
+        if registered is None:
+            problems.append(((*where, "kind") if raw or not isinstance(entry, str) else where,
+                             f"unknown validator {kind!r}; registered: {validators.known()}"))
+            continue
+        model = registered.settings or NoSettings
+        kept: list[BaseModel] = []
+        validate(model, raw, where, kept.append)
+        if kept:
+            found.append((kind, kept[0] if registered.settings is not None else None))
+    return found
 
 
 def _register_secrets(settings: BaseModel) -> None:

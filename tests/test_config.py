@@ -181,9 +181,10 @@ def test_config_check_lists_every_problem_at_once_with_lines(
         "gateway.toml:27: recrod: unknown key",
         "gateway.toml:9: providers.odd.kind: unknown provider kind 'carrier-pigeon'",
         "gateway.toml:5: providers.local: kind 'openai-compatible' needs base_url",
-        "gateway.toml:19: routes.r.strategy: unknown strategy 'shuffle'; registered: fallback",
+        "gateway.toml:19: routes.r.strategy: unknown strategy 'shuffle'; registered: cascade, "
+        "fallback, race",
         "gateway.toml:22: routes.r.fallback.retry_after_cap_s:",
-        "gateway.toml:24: routes.r.cascade: unknown key",
+        "gateway.toml:25: routes.r.cascade.tiers: unknown key",
     ]
     for line in expected:
         assert line in err, f"missing: {line}\n{err}"

@@ -194,6 +194,22 @@ async def test_a_named_validator_applies_on_the_routes_that_list_it() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_validator_with_settings_is_listed_as_a_table() -> None:
+    config = {"providers": PROVIDER, "models": models(a=(1, 1), b=(1, 1)),
+              "routes": {"brief": {"models": ["a", "b"],
+                                   "validators": [{"kind": "word_cap", "limit": 3}]}}}
+    kernel, scripted = guide_kernel(config, "WordCap", script={"a": ["one two three four"],
+                                                               "b": ["one two"]})
+    async with kernel:
+        got = await kernel.ask(ask(model="brief"))
+    assert got.content == "one two" and scripted.calls == ["a", "b"]
+    bad = {**config, "routes": {"brief": {"models": ["a"], "validators": [
+        {"kind": "word_cap", "limit": 0}]}}}
+    with pytest.raises(errors.ConfigError, match=r"routes.brief.validators\[0\].limit"):
+        guide_kernel(bad, "WordCap")[0].load_plugins()
+
+
+@pytest.mark.anyio
 async def test_a_store_backend_named_in_the_config_is_the_kernels_store() -> None:
     kernel, _ = guide_kernel({"state": {"backend": "tiny-memory"}}, "TinyStore")
     async with kernel:
