@@ -407,6 +407,7 @@ class Kernel:
                                   plugin=self.strategies.owners.get(ctx.plan.strategy, "?"),
                                   hook="register_strategies")
             ctx.completion = result
+            ctx.answered = _attempt_of(ctx, result)
             ctx.status = "ok"
             return result
         except BaseException as exc:
@@ -427,6 +428,7 @@ class Kernel:
             with self._span(ctx):
                 await self._prepare(ctx)
                 started = await self._started(ctx, await self._run_strategy(ctx))
+                ctx.answered = started.attempt or _attempt_of(ctx, started.completion)
         except BaseException as exc:
             self._fail(ctx, exc)
             await self._record(ctx)
@@ -1013,6 +1015,14 @@ def _merge_tool_calls(calls: dict[int, dict], deltas: list[dict]) -> None:
             call["function"]["name"] += fn["name"]
         if fn.get("arguments"):
             call["function"]["arguments"] += fn["arguments"]
+
+
+def _attempt_of(ctx: Context, completion: Completion | None) -> Attempt | None:
+    """The attempt of ``ctx`` that gave ``completion`` (settling shares its usage object with
+    the attempt); None for an answer from a sub-request."""
+    if completion is None:
+        return None
+    return next((a for a in ctx.attempts if a.usage is completion.usage), None)
 
 
 async def _hand_over(holds: list[Hold], attempt: Attempt) -> None:

@@ -335,6 +335,9 @@ class Context:
     response_headers: dict[str, str] = field(default_factory=dict)
     """Headers plugins add to the answer (``x-turnout-cache``, ``x-ratelimit-*``); a frontend
     sends them with the answer or the error. Sub-requests write to their root's."""
+    answered: "Attempt | None" = None
+    """The attempt whose answer the request returned, set by the kernel (None when the answer
+    came from a sub-request, or none came)."""
     parent: "Context | None" = None
     children: list["Context"] = field(default_factory=list)
     span: Any = None
@@ -347,6 +350,11 @@ class Context:
     upstream_s: float = 0.0
     waiting: int = 0
     wait_since: float = 0.0
+
+    @property
+    def answering(self) -> "Attempt | None":
+        """The attempt that gave the answer; else (no answer) the last attempt made."""
+        return self.answered or (self.attempts[-1] if self.attempts else None)
 
     @property
     def spend_usd(self) -> float:
@@ -454,7 +462,7 @@ class Answer:
     @classmethod
     def of(cls, ctx: Context) -> "Answer":
         """The answer as it stands for ``ctx`` (cost and tokens grow while a stream runs)."""
-        last = ctx.attempts[-1] if ctx.attempts else None
+        last = ctx.answering
         completion = ctx.completion
         model = completion.model if completion is not None and completion.model else \
             (last.model if last else None)

@@ -318,7 +318,7 @@ class ResponseCache:
         completion = ctx.completion
         if ctx.status != "ok" or completion is None or completion.cached:
             return None
-        last = ctx.attempts[-1] if ctx.attempts else None
+        last = ctx.answering
         if last is not None and not all(v.ok for v in last.verdicts):
             return None
         try:

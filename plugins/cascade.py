@@ -110,11 +110,6 @@ class CascadeStrategy(Strategy):
                                    + "; ".join(f"{e['model']}: {e.get('reason', '')}"
                                                for e in path))
         best[2]["chosen"] = True
-        chosen = best[3]
-        attempts = run.ctx.attempts
-        at = next((i for i, a in enumerate(attempts) if a is chosen), None)
-        if at is not None:  # the answer's attempt goes last: the record and the headers name
-            attempts.append(attempts.pop(at))  # the last attempt's model as the answer's
         run.ctx.response_headers[HEADER] = "failed"
         return best[1]
 

@@ -286,7 +286,7 @@ class Metrics:
             return
         completion = ctx.completion
         if attempts:
-            last = attempts[-1]
+            last = ctx.answering
             model, provider = last.model, last.provider
         elif completion is not None:  # answered by a sub-request
             model, provider = completion.model, completion.provider

@@ -11,9 +11,7 @@ first (its answer is judged when it ends, as any stream's is), and the losers' s
 
 When every raced model fails, the remaining steps of the plan (after the first ``n``) are tried
 one at a time, in order; when those fail too, the last failure ends the request as it would
-under the ``fallback`` strategy. The winner's attempt is moved to the end of the request's
-attempts (the record and the response headers name the last attempt's model as the answer's),
-so the losers come first in the attempt record. The race is written into the decision record as
+under the ``fallback`` strategy. The race is written into the decision record as
 ``decision["race"]``: the models started, the winner, and why each loser dropped out.
 """
 
@@ -76,7 +74,6 @@ class RaceStrategy(Strategy):
                 won.append(answer)
                 record["winner"] = step.model.name
                 run.plan.cursor = steps.index(step)
-                _answered_last(run, step, answer)
                 tg.cancel_scope.cancel()
 
             for step in racing:
@@ -95,19 +92,6 @@ class RaceStrategy(Strategy):
             record["winner"] = step.model.name
             return answer
         raise errors[-1]
-
-
-def _answered_last(run: Run, step: Step, answer: Any) -> None:
-    """Move the winner's attempt to the end of the request's attempts: the record and the
-    response headers name the model of the last attempt as the one that answered."""
-    attempts = run.ctx.attempts
-    attempt = getattr(answer, "attempt", None)
-    if attempt is None:
-        attempt = next((a for a in reversed(attempts)
-                        if a.model == step.model.name and a.status == "ok"), None)
-    at = next((i for i, a in enumerate(attempts) if a is attempt), None)
-    if at is not None:
-        attempts.append(attempts.pop(at))
 
 
 def _dropped(step: Step, error: Exception) -> dict[str, str]:

@@ -17,7 +17,7 @@ log = structlog.get_logger("turnout.requests")
 @hookimpl
 def record(ctx: Context) -> None:
     """Log the outcome of the request."""
-    last = ctx.attempts[-1] if ctx.attempts else None
+    last = ctx.answering
     log.info("request_finished", status=ctx.status, requested=ctx.request.model, route=ctx.route,
              model=last.model if last else None, attempts=ctx.attempt_count,
              input_tokens=ctx.input_tokens, output_tokens=ctx.output_tokens,

@@ -185,7 +185,7 @@ class _GiveUp(Exception):
 def context_row(ctx: Context) -> tuple[Any, ...]:
     """The ``requests`` row of a finished request, in :data:`COLUMNS` order; metadata only."""
     attempts = ctx.attempts
-    last = attempts[-1] if attempts else None
+    last = ctx.answering
     completion = ctx.completion
     model = last.model if last else (completion.model if completion else None)
     provider = last.provider if last else (completion.provider if completion else None)

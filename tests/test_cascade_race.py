@@ -201,9 +201,9 @@ async def test_streaming_cascade_with_no_passing_answer_streams_the_best() -> No
     assert "".join(c.content or "" for c in chunks) == "nah"
     assert ctx.response_headers["x-turnout-validation"] == "failed"
     assert recorder.records == [(ctx.request_id, "ok", ["rejected", "rejected"])]
-    # The chosen answer's attempt is moved last: the record names it as the answer's model.
-    assert [a.model for a in ctx.attempts] == ["big", "small"]
-    assert Answer.of(ctx).model == "small"
+    # Attempts stay in the order they were made; the answer names the one it came from.
+    assert [a.model for a in ctx.attempts] == ["small", "big"]
+    assert ctx.answered is ctx.attempts[0] and Answer.of(ctx).model == "small"
 
 
 # --- race ----------------------------------------------------------------------------------------
@@ -218,10 +218,10 @@ async def test_race_the_faster_model_wins_and_the_slower_is_cancelled_and_paid_f
             completion = await kernel.complete(ctx)
     assert completion.content == "quick" and completion.model == "small"
     assert sorted(timed.calls) == ["big", "small"]
-    # The winner's attempt is moved last (the record names the last attempt's model).
-    assert recorder.records == [(ctx.request_id, "ok", ["cancelled", "ok"])]
-    assert [a.model for a in ctx.attempts] == ["big", "small"]
-    slow = ctx.attempts[0]
+    assert recorder.records == [(ctx.request_id, "ok", ["ok", "cancelled"])]
+    assert [a.model for a in ctx.attempts] == ["small", "big"]
+    assert ctx.answered is ctx.attempts[0] and Answer.of(ctx).model == "small"
+    slow = ctx.attempts[1]
     assert slow.usage.input_tokens > 0 and slow.cost_usd > 0
     assert Answer.of(ctx).cost_usd == pytest.approx(completion.cost_usd + slow.cost_usd)
     assert ctx.decision["race"]["winner"] == "small"
@@ -350,8 +350,8 @@ def test_http_streaming_race_streams_the_winner(gateway) -> None:
     parent = next(r for r in gateway.rows() if r["request_id"] == raw.headers["x-request-id"])
     assert (parent["status"], parent["model"]) == ("ok", "small")
     attempts = gateway.attempts(parent["request_id"])
-    assert [(a["model"], a["status"]) for a in attempts] == [("medium", "cancelled"),
-                                                             ("small", "ok")]
+    assert sorted((a["model"], a["status"]) for a in attempts) == [("medium", "cancelled"),
+                                                                   ("small", "ok")]
     assert raw.headers["x-turnout-model"] == "small"
     assert parent["cost_usd"] == pytest.approx(sum(a["cost_usd"] for a in attempts))
     assert attempts[0]["cost_usd"] > 0
