@@ -69,7 +69,6 @@ from .budgets import (
     Budget,
     Budgets,
     budget_identity,
-    ledger_key,
     window_bounds,
 )
 from .rate_limits import WINDOW_S, RateLimit, RateLimits, rate_limit_identity, window_key
@@ -495,11 +494,9 @@ class Admin:
                          "replaces_config": source == "runtime"
                          and budget_identity(rule) in config,
                          "spent_usd": None, "left_usd": None}
-                window, reset = window_bounds(rule.window, now)
-                entry["resets_at"] = _iso(reset)
-                if rule.scope == "global" or rule.match is not None:
-                    value = rule.match or "*"
-                    spent = await store.ledger_total(ledger_key(rule, value, window))
+                entry["resets_at"] = _iso(window_bounds(rule.window, now)[1])
+                spent = await plugins["budgets"].spent(rule, now)
+                if spent is not None:
                     entry["spent_usd"] = round(spent, 8)
                     entry["left_usd"] = round(max(rule.limit_usd - spent, 0.0), 8)
                 budgets.append(entry)
@@ -513,8 +510,8 @@ class Admin:
                          "replaces_config": source == "runtime"
                          and rate_limit_identity(rule) in config,
                          "requests_last_minute": None, "tokens_last_minute": None}
-                if rule.scope == "global" or rule.match is not None:
-                    value = rule.match or "*"
+                value = rule.single_value
+                if value is not None:
                     for unit, field in (("rpm", "requests_last_minute"),
                                         ("tpm", "tokens_last_minute")):
                         if getattr(rule, unit) is not None:

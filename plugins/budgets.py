@@ -385,15 +385,21 @@ class Budgets:
         out = []
         now = time.time()
         for rule in await self._fresh():
-            if rule.scope != "global" and rule.match is None:
-                continue
-            value = rule.match or "*"
-            window, _ = window_bounds(rule.window, now)
-            spent = await self.kernel.store.ledger_total(
-                ledger_key(rule, value, window))
-            out.append({"scope": rule.scope, "match": rule.match or "", "window": rule.window,
-                        "limit_usd": rule.limit_usd, "spent_usd": spent})
+            spent = await self.spent(rule, now)
+            if spent is not None:
+                out.append({"scope": rule.scope, "match": rule.match or "",
+                            "window": rule.window, "limit_usd": rule.limit_usd,
+                            "spent_usd": spent})
         return out
+
+    async def spent(self, rule: Budget, now: float) -> float | None:
+        """What ``rule``'s ledger holds (settled and reserved) in the window ``now`` falls in;
+        None for a budget without ``match``, which has a ledger per value."""
+        value = rule.single_value
+        if value is None:
+            return None
+        window, _ = window_bounds(rule.window, now)
+        return await self.kernel.store.ledger_total(ledger_key(rule, value, window))
 
 
 _NO_STEP = Step(ModelProfile(name="", provider="", upstream=""))

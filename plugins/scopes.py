@@ -41,6 +41,12 @@ class ScopedRule(BaseModel):
             raise ValueError("a global rule applies to everything: remove 'match'")
         return self
 
+    @property
+    def single_value(self) -> str | None:
+        """The one value this rule counts (its ``match``; ``*`` for global), or None for a rule
+        without ``match``, which keeps a count for each value it sees."""
+        return GLOBAL if self.scope == "global" else self.match
+
     def value(self, ctx: Context, step: Step) -> str | None:
         """What this request is counted as under the rule's scope; None when the rule does not
         apply to it."""
