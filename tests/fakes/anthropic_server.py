@@ -30,7 +30,6 @@ from .script import (
     city,
     count_tokens,
     pieces,
-    settle,
     sse,
     stream_body,
 )
@@ -187,14 +186,14 @@ def anthropic_app(script: Script, api_key: str = "sk-ant-test") -> Starlette:
         invalid = _check(body)
         if invalid is not None:
             return invalid
+        asked = next((_text(m) for m in reversed(body["messages"]) if m.get("role") == "user"),
+                      "")
         try:
-            behaviour = await settle(script.next(), request.is_disconnected)
+            behaviour = await script.settle(body["model"], asked, request.is_disconnected)
         except ClientGone:
             return Response(status_code=499)
         if isinstance(behaviour, Status):
             return _status(behaviour)
-        asked = next((_text(m) for m in reversed(body["messages"]) if m.get("role") == "user"),
-                      "")
         if isinstance(behaviour, EchoRequest) and not behaviour.streams(bool(body.get("stream"))):
             return _error(behaviour.status, error_body(behaviour.code(key, asked),
                                                        behaviour.message(key, asked)))

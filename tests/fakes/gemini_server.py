@@ -30,7 +30,6 @@ from .script import (
     city,
     count_tokens,
     pieces,
-    settle,
     sse,
     stream_body,
 )
@@ -219,14 +218,14 @@ def gemini_app(script: Script, api_key: str = "AIza-test-key") -> Starlette:
         invalid = _check(body)
         if invalid is not None:
             return invalid
+        asked = next((_text(c) for c in reversed(body["contents"]) if c["role"] == "user"), "")
         try:
-            behaviour = await settle(script.next(), request.is_disconnected)
+            behaviour = await script.settle(model, asked, request.is_disconnected)
         except ClientGone:
             return Response(status_code=499)
         if isinstance(behaviour, Status):
             return _status(behaviour)
         stream = method == "streamGenerateContent"
-        asked = next((_text(c) for c in reversed(body["contents"]) if c["role"] == "user"), "")
         if isinstance(behaviour, EchoRequest) and not behaviour.streams(stream):
             return _error(behaviour.status, _echo_body(behaviour, behaviour.status, key, asked))
         if isinstance(behaviour, TooLong):

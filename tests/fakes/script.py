@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -121,13 +122,40 @@ class Received(NamedTuple):
     body: Any
 
 
-class Script:
-    """A thread-safe FIFO of behaviours and the list of requests received."""
+class Span(NamedTuple):
+    """One call a fake handled: the model asked for, when it arrived and when its answer was
+    settled (after any ``Delay``), by ``time.monotonic()``, and whether the client hung up
+    before the answer (``gone``: the gateway cancelled the call)."""
 
-    def __init__(self, *behaviours: Behaviour) -> None:
+    model: str
+    prompt: str
+    start: float
+    end: float
+    gone: bool
+
+    def overlaps(self, other: "Span") -> bool:
+        """Whether the two calls were in flight at the same time."""
+        return self.start < other.end and other.start < self.end
+
+
+Answerer = Callable[[str, str], "Behaviour | str | None"]
+"""``answer(model, prompt)``: how a fake answers a request when nothing is queued, from the
+model asked for and the last user message: a behaviour, a text (``Reply(text)``) or None (the
+fake's normal answer)."""
+
+
+class Script:
+    """A thread-safe FIFO of behaviours, the list of requests received and the calls' spans.
+
+    With ``answer`` (see :data:`Answerer`), a request finding the queue empty is answered from
+    its model and prompt, so one fake can play a whole fleet whose answers depend on both."""
+
+    def __init__(self, *behaviours: Behaviour, answer: Answerer | None = None) -> None:
         self._queue: deque[Behaviour] = deque(behaviours)
         self._lock = threading.Lock()
         self.requests: list[Received] = []
+        self.answer = answer
+        self.spans: list[Span] = []
 
     def push(self, *behaviours: Behaviour) -> "Script":
         """Queue behaviours for the next requests, in order."""
@@ -135,10 +163,31 @@ class Script:
             self._queue.extend(behaviours)
         return self
 
-    def next(self) -> Behaviour:
-        """The behaviour for the request being handled; a normal answer when none is queued."""
+    def next(self, model: str = "", prompt: str = "") -> Behaviour:
+        """The behaviour for the request being handled: the next queued, else what ``answer``
+        says for ``model`` and ``prompt``, else a normal answer."""
         with self._lock:
-            return self._queue.popleft() if self._queue else Reply()
+            if self._queue:
+                return self._queue.popleft()
+        found = self.answer(model, prompt) if self.answer is not None else None
+        if found is None:
+            return Reply()
+        return Reply(found) if isinstance(found, str) else found
+
+    async def settle(self, model: str, prompt: str,
+                     disconnected: Callable[[], Awaitable[bool]] | None = None) -> Behaviour:
+        """:func:`settle` the next behaviour for ``model`` and ``prompt``, logging the call's
+        span (and, when the client hung up during a ``Delay``, that it was gone)."""
+        start = time.monotonic()
+        try:
+            behaviour = await settle(self.next(model, prompt), disconnected)
+        except ClientGone:
+            with self._lock:
+                self.spans.append(Span(model, prompt, start, time.monotonic(), True))
+            raise
+        with self._lock:
+            self.spans.append(Span(model, prompt, start, time.monotonic(), False))
+        return behaviour
 
     def record(self, path: str, headers: dict[str, str], body: Any) -> None:
         """Log a received request."""
@@ -162,6 +211,7 @@ class Script:
         with self._lock:
             self._queue.clear()
             self.requests.clear()
+            self.spans.clear()
 
 
 class CutConnection(Exception):
