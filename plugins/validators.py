@@ -10,24 +10,26 @@ Each is registered with its settings model, so a route lists it as a table::
 Being registered with settings, none of them runs on a route that does not list it (a route
 without ``validators`` runs only the validators that take no settings: ``json``).
 
-``code`` runs model-written Python in a subprocess (``python -I``, an empty environment, a fresh
-temporary directory as working directory, limits on time, memory, file size and CPU). That is
-damage limitation, not a sandbox: the code runs as the gateway's user and can reach the network
-and the file system. Only enable it on routes whose callers you trust, or run the gateway itself
-in a container.
+``code`` runs model-written Python in a sandboxed subprocess (``python -I``, an empty environment,
+a fresh temporary directory as working directory, limits on time, memory, file size and CPU; no
+network and no writes outside that directory: see :mod:`turnout.plugins.sandbox`, which also says
+what is not isolated: reading the files the gateway's user can read). Where this machine cannot
+provide the sandbox, the validator fails the answer without running it (``sandbox = "required"``)
+or runs it with what is available and says what was missing (``sandbox = "best_effort"``).
 """
 
 from __future__ import annotations
 
 import contextvars
 import math
+import os
 import re
 import string
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import orjson
@@ -38,6 +40,7 @@ from turnout.kernel.errors import TurnoutError
 from turnout.kernel.hookspecs import hookimpl
 from turnout.kernel.request import ChatRequest
 from turnout.kernel.types import Completion, Context, Verdict
+from turnout.plugins import sandbox
 
 if TYPE_CHECKING:
     from turnout.kernel.kernel import Kernel
@@ -245,6 +248,12 @@ class CodeSettings(_Settings):
                            "process (RLIMIT_AS), in MiB.")
     require_block: bool = Field(default=True, description="Fail answers without a ```python "
                                 "block; false: treat the whole answer as the code.")
+    sandbox: Literal["required", "best_effort"] = Field(
+        default="required", description="required: the code runs only with no network and no "
+        "writes outside its temporary directory (Landlock, unprivileged user namespaces and "
+        "seccomp on Linux), else the answer fails without running, saying what is missing; "
+        "best_effort: run with the protections this machine has, naming the missing ones in "
+        "the verdict's reason.")
 
 
 _BLOCK = re.compile(r"```[ \t]*(?:python3?|py)[ \t]*\r?\n(.*?)```", re.DOTALL | re.IGNORECASE)
@@ -256,7 +265,13 @@ resource.setrlimit(resource.RLIMIT_AS, (_mem, _mem))
 resource.setrlimit(resource.RLIMIT_CPU, ({cpu}, {cpu}))
 resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-del resource, _mem
+import importlib.util
+_spec = importlib.util.spec_from_file_location("turnout_sandbox", {module!r})
+_sandbox = sys.modules["turnout_sandbox"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_sandbox)
+_sandbox.enter({root!r}, {protections!r}, {required!r}, {report_fd})
+del sys.modules["turnout_sandbox"]
+del resource, _mem, importlib, _spec, _sandbox
 _src = open("answer.py").read() + "\\n\\n" + open("tests.py").read()
 exec(compile(_src, "answer.py", "exec"), {{"__name__": "__main__", "__builtins__": __builtins__}})
 """
@@ -292,24 +307,80 @@ async def code(ctx: Context, completion: Completion, settings: CodeSettings) -> 
 
 
 def _run_code(source: str, settings: CodeSettings) -> Verdict:
-    """Run ``source`` and the tests in a child Python, in a fresh temporary directory."""
+    """Run ``source`` and the tests in a child Python, sandboxed, in a fresh temporary
+    directory."""
+    required = settings.sandbox == "required"
+    missing = sandbox.support().missing()
+    if missing and required:
+        return Verdict(False, "code", _not_sandboxed(missing))
     with tempfile.TemporaryDirectory(prefix="turnout-code-") as tmp:
         Path(tmp, "answer.py").write_text(source)
         Path(tmp, "tests.py").write_text(settings.tests)
-        prelude = _PRELUDE.format(memory=settings.memory_mb << 20,
-                                  cpu=max(1, math.ceil(settings.timeout_s)) + 1)
+        report, write_end = os.pipe()
+        prelude = _PRELUDE.format(
+            memory=settings.memory_mb << 20, cpu=max(1, math.ceil(settings.timeout_s)) + 1,
+            module=sandbox.__file__, root=str(Path(tmp).resolve()), report_fd=write_end,
+            protections=[p for p in sandbox.PROTECTIONS if p not in missing], required=required)
         try:
-            done = subprocess.run(
-                [sys.executable, "-I", "-c", prelude], cwd=tmp, capture_output=True,
-                timeout=settings.timeout_s, stdin=subprocess.DEVNULL,
-                env={"PATH": "/usr/bin:/bin", "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8"},
-                start_new_session=True)
-        except subprocess.TimeoutExpired:
-            return Verdict(False, "code", f"the code did not finish within {settings.timeout_s}s")
-    if done.returncode == 0:
-        return Verdict(True, "code")
-    return Verdict(False, "code", f"the code failed (exit {done.returncode}): "
-                   f"{_last_error(done.stderr.decode(errors='replace'))}")
+            with subprocess.Popen(
+                    [sys.executable, "-I", "-c", prelude], cwd=tmp, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(write_end,),
+                    env={"PATH": "/usr/bin:/bin", "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8"},
+                    start_new_session=True) as child:
+                os.close(write_end)
+                write_end = -1
+                try:
+                    _, stderr = child.communicate(timeout=settings.timeout_s)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+                    stderr = None
+            failed = _read_report(report)
+        finally:
+            os.close(report)
+            if write_end >= 0:
+                os.close(write_end)
+    if failed is None:  # the child died before its sandbox was set up: the answer did not run
+        why = _last_error((stderr or b"").decode(errors="replace")) if stderr is not None else \
+            f"it did not start within {settings.timeout_s}s"
+        return Verdict(False, "code", f"the code was not run: its sandbox could not be set up: {why}")
+    if failed and required:
+        return Verdict(False, "code", _not_sandboxed(list(failed), failed))
+    unprotected = ""
+    if missing or failed:
+        names = ", ".join([*missing, *failed])
+        unprotected = f" (run without these protections: {names}; sandbox = \"best_effort\")"
+    if stderr is None:
+        return Verdict(False, "code", f"the code did not finish within {settings.timeout_s}s"
+                       + unprotected)
+    if child.returncode == 0:
+        return Verdict(True, "code", unprotected.strip(" ()"))
+    return Verdict(False, "code", f"the code failed (exit {child.returncode}): "
+                   f"{_last_error(stderr.decode(errors='replace'))}{unprotected}")
+
+
+def _read_report(fd: int) -> dict[str, str] | None:
+    """The protections the child could not set up, with why; None when it wrote no report."""
+    data = b""
+    while chunk := os.read(fd, 65536):
+        data += chunk
+    if not data:
+        return None
+    try:
+        found = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else None
+
+
+def _not_sandboxed(missing: list[str], why: dict[str, str] | None = None) -> str:
+    """The reason of a verdict on code not run because protections are missing: what and how
+    to fix it."""
+    fixes = "; ".join(f"{name}: " + (f"{why[name]}, " if why and why.get(name) else "")
+                      + sandbox.HOW_TO_FIX[name] for name in missing)
+    return (f"the code was not run: this machine cannot sandbox it ({fixes}). Fix that, or set "
+            f"sandbox = \"best_effort\" on this code validator to run it with only the "
+            f"protections available")
 
 
 def _last_error(stderr: str) -> str:

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
 
+import anyio
 import pytest
 
 from turnout.kernel import errors
@@ -11,6 +19,7 @@ from turnout.kernel.config import parse_text
 from turnout.kernel.hookspecs import hookimpl
 from turnout.kernel.kernel import Kernel
 from turnout.kernel.types import Completion, Context, Usage, Verdict
+from turnout.plugins import sandbox
 from turnout.plugins import validators as v
 from turnout.plugins.json_validator import check as json_check
 
@@ -135,6 +144,167 @@ async def test_code_runs_isolated_in_a_temporary_directory_with_a_memory_limit()
     hog = "```python\nx = bytearray(400 << 20)\n```"
     verdict = await v.code(ctx(), answer(hog), v.CodeSettings(memory_mb=128))
     assert not verdict.ok and "MemoryError" in verdict.reason
+
+
+# --- the code validator's sandbox --------------------------------------------------------------
+
+_MISSING = sandbox.support().missing()
+isolation = pytest.mark.skipif(
+    bool(_MISSING) and os.environ.get("CI") != "true",
+    reason=f"this machine cannot sandbox code (missing: {', '.join(_MISSING)}); under CI=true "
+    "these tests run and fail instead")
+
+
+def py(code: str) -> Completion:
+    return answer(f"```python\n{code}\n```")
+
+
+@isolation
+@pytest.mark.anyio
+async def test_code_cannot_write_create_or_remove_outside_its_directory(tmp_path) -> None:
+    kept = tmp_path / "kept.txt"
+    kept.write_text("mine")
+    for attempt in (f"open({str(tmp_path / 'escaped.txt')!r}, 'w').write('x')",
+                    f"import os; os.mkdir({str(tmp_path / 'made')!r})",
+                    f"import os; os.remove({str(kept)!r})",
+                    f"open({str(kept)!r}, 'a').write('more')",
+                    f"import os; os.truncate({str(kept)!r}, 0)"):
+        verdict = await v.code(ctx(), py(attempt), v.CodeSettings())
+        assert not verdict.ok and "PermissionError" in verdict.reason, (attempt, verdict)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.txt"]
+    assert kept.read_text() == "mine"
+
+
+@isolation
+@pytest.mark.anyio
+async def test_code_writes_freely_inside_its_own_directory() -> None:
+    inside = ("import os\nos.mkdir('d')\nopen('d/a.txt', 'w').write('x' * 10)\n"
+              "os.rename('d/a.txt', 'b.txt')\nos.truncate('b.txt', 3)\n"
+              "assert open('b.txt').read() == 'xxx'\nos.remove('b.txt')\nos.rmdir('d')\n"
+              "import tempfile\nwith tempfile.TemporaryFile() as f:\n    f.write(b'ok')\n"
+              "open('/dev/null', 'w').write('discarded')")
+    verdict = await v.code(ctx(), py(inside), v.CodeSettings())
+    assert verdict.ok, verdict.reason
+
+
+@isolation
+@pytest.mark.anyio
+async def test_code_may_read_files_outside_its_directory(tmp_path) -> None:
+    """Reading is not isolated (documented in turnout.plugins.sandbox): the interpreter needs
+    its standard library, so a file the gateway's user can read, the code can read."""
+    readable = tmp_path / "readable.txt"
+    readable.write_text("visible")
+    reads = f"assert open({str(readable)!r}).read() == 'visible'"
+    assert (await v.code(ctx(), py(reads), v.CodeSettings())).ok
+
+
+@isolation
+@pytest.mark.anyio
+async def test_code_cannot_reach_a_listening_socket_of_this_machine(tmp_path) -> None:
+    tcp = socket.create_server(("127.0.0.1", 0))
+    unix = socket.socket(socket.AF_UNIX)
+    unix.bind(str(tmp_path / "daemon.sock"))
+    unix.listen()
+    port = tcp.getsockname()[1]
+    try:
+        for attempt in (f"import socket; socket.create_connection(('127.0.0.1', {port}), 2)",
+                        f"import socket; socket.create_connection(('localhost', {port}), 2)",
+                        f"import socket; s = socket.socket(socket.AF_UNIX); "
+                        f"s.connect({str(tmp_path / 'daemon.sock')!r})",
+                        "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                        "s.sendto(b'x', ('127.0.0.1', 53))"):
+            verdict = await v.code(ctx(), py(attempt), v.CodeSettings())
+            assert not verdict.ok and ("PermissionError" in verdict.reason
+                                       or "Network is unreachable" in verdict.reason
+                                       or "gaierror" in verdict.reason), (attempt, verdict)
+        for listener in (tcp, unix):
+            listener.settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                listener.accept()  # nobody connected
+    finally:
+        tcp.close()
+        unix.close()
+
+
+@isolation
+@pytest.mark.anyio
+async def test_code_cannot_signal_the_gateway_and_its_processes_die_with_its_timeout() -> None:
+    signals = f"import os; os.kill({os.getpid()}, 0)"
+    verdict = await v.code(ctx(), py(signals), v.CodeSettings())
+    assert not verdict.ok and ("ProcessLookupError" in verdict.reason
+                               or "PermissionError" in verdict.reason), verdict.reason
+    marker = f"{os.getpid()}.{uuid.uuid4().int % 10**6}"
+    spawns = (f"import subprocess, time\nsubprocess.Popen(['sleep', '{marker}'])\n"
+              "time.sleep(60)")
+    verdict = await v.code(ctx(), py(spawns), v.CodeSettings(timeout_s=1.0))
+    assert not verdict.ok and "did not finish" in verdict.reason
+    await anyio.sleep(0.3)
+    assert not _running("sleep", marker), "a process the code started outlived its timeout"
+
+
+def _running(*argv: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if [part.decode(errors="replace") for part in cmdline if part] == list(argv):
+            found.append(entry.name)
+    return found
+
+
+@pytest.mark.anyio
+async def test_code_fails_closed_where_the_sandbox_cannot_be_set_up(tmp_path, monkeypatch) -> None:
+    # This machine's capabilities are the edge being simulated: no Landlock, no namespaces.
+    monkeypatch.setattr(sandbox, "support", lambda: sandbox.Support(
+        landlock_abi=0, namespaces=False, seccomp=True))
+    marker = tmp_path / "ran.txt"
+    writes = py(f"open({str(marker)!r}, 'w').write('ran')")
+    verdict = await v.code(ctx(), writes, v.CodeSettings())
+    assert not verdict.ok and verdict.reason.startswith("the code was not run")
+    assert "network" in verdict.reason and "user namespaces" in verdict.reason
+    assert "writes" in verdict.reason and "Landlock" in verdict.reason
+    assert 'sandbox = "best_effort"' in verdict.reason
+    assert not marker.exists()
+    best_effort = await v.code(ctx(), writes, v.CodeSettings(sandbox="best_effort"))
+    assert best_effort.ok and "without these protections: network, writes" in best_effort.reason
+    assert marker.read_text() == "ran"
+
+
+def test_the_child_fails_closed_when_a_protection_fails_as_it_sets_up(tmp_path) -> None:
+    """Where the gateway believed a protection available but the child cannot set it up (here:
+    Landlock on a directory that is gone), the child reports it and exits before the code."""
+    child = ("import importlib.util, sys\n"
+             f"spec = importlib.util.spec_from_file_location('sb', {sandbox.__file__!r})\n"
+             "m = sys.modules['sb'] = importlib.util.module_from_spec(spec)\n"
+             "spec.loader.exec_module(m)\n"
+             f"m.enter({str(tmp_path / 'gone')!r}, ['writes'], True, int(sys.argv[1]))\n"
+             "print('the code ran')\n")
+    read_end, write_end = os.pipe()
+    try:
+        done = subprocess.run([sys.executable, "-I", "-c", child, str(write_end)],
+                              capture_output=True, pass_fds=(write_end,), timeout=30)
+        os.close(write_end)
+        report = json.loads(os.read(read_end, 65536))
+    finally:
+        os.close(read_end)
+    assert done.returncode == sandbox.EXIT_NOT_SANDBOXED and b"the code ran" not in done.stdout
+    assert list(report) == ["writes"] and "No such file" in report["writes"]
+
+
+@isolation
+@pytest.mark.anyio
+async def test_a_sandbox_the_child_could_not_set_up_fails_the_answer(monkeypatch) -> None:
+    """The gateway side of the check above: a report of a failed protection fails the answer
+    under "required" and is named in the reason under "best_effort"."""
+    monkeypatch.setattr(v, "_PRELUDE", v._PRELUDE.replace(
+        "_sandbox.enter({root!r}", "_sandbox.enter({root!r} + '/gone'"))
+    verdict = await v.code(ctx(), py("x = 1"), v.CodeSettings())
+    assert not verdict.ok and verdict.reason.startswith("the code was not run")
+    assert "writes: " in verdict.reason and "No such file" in verdict.reason
+    ran = await v.code(ctx(), py("x = 1"), v.CodeSettings(sandbox="best_effort"))
+    assert ran.ok and "without these protections: writes" in ran.reason
 
 
 def test_parse_judgement_is_lenient() -> None:
