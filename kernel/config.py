@@ -208,12 +208,17 @@ class Route(Section):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    models: list[str] = Field(min_length=1, description="Model names in preference order.")
+    models: list[str] = Field(default_factory=list, description="Model names in preference "
+                              "order. Every strategy needs at least one, except 'chain', whose "
+                              "stages name their own models.")
     strategy: str = Field(default="fallback", description="Registered strategy that runs the "
                           "route; built in: 'fallback' (try each model in order until one "
                           "answers), 'cascade' (cheapest first, the first answer the validators "
-                          "pass) and 'race' (the first n models at once, the first good answer "
-                          "wins).")
+                          "pass), 'race' (the first n models at once, the first good answer "
+                          "wins), 'ensemble' (several models answer, their answers are combined), "
+                          "'critic' (the first model drafts, a critic scores it, the draft is "
+                          "revised) and 'chain' (named stages, each a prompt to a model or route, "
+                          "fed by the earlier ones' answers).")
     validators: list[str | dict[str, Any]] | None = Field(
         default=None, description="Validators that judge every answer on this route: registered "
         "names, or tables { kind = \"<name>\", ...its settings } (see \"Validators\"); unset: "
@@ -498,14 +503,20 @@ def _find_line(loc: tuple, text: str) -> int | None:
     """Best-effort line of the last named key of ``loc`` in TOML or YAML text.
 
     Walks the path: each named part must appear (as a key or a table header) after the line where
-    the previous part was found.
+    the previous part was found. An index after a part found as a TOML ``[[array.of.tables]]``
+    header moves on to that element's header.
     """
-    names = [str(p) for p in loc if not isinstance(p, int)]
-    if not names:
+    if all(isinstance(p, int) for p in loc):
         return None
     lines = text.splitlines()
-    start, found = 0, None
-    for depth, name in enumerate(names):
+    start, found, depth = 0, None, 0
+    for part in loc:
+        if isinstance(part, int):
+            if found is not None:
+                start = _nth_table(lines, start, part)
+                found = start + 1
+            continue
+        name = str(part)
         key = re.compile(rf"""^\s*(-\s*)?["']?{re.escape(name)}["']?\s*[:=]""")
         header = re.compile(rf"""^\s*\[\[?([\w."'-]+\.)?["']?{re.escape(name)}["']?(\.[\w."'-]+)?\]\]?""")
         for i in range(start, len(lines)):
@@ -514,4 +525,20 @@ def _find_line(loc: tuple, text: str) -> int | None:
                 break
         else:
             return found if depth else None
+        depth += 1
     return found
+
+
+def _nth_table(lines: list[str], at: int, index: int) -> int:
+    """The line of element ``index`` of the array of tables whose first ``[[header]]`` is line
+    ``at``; ``at`` itself when that line is no such header or the array is shorter."""
+    header = lines[at].split("#", 1)[0].strip()
+    if not header.startswith("[["):
+        return at
+    seen = 0
+    for i in range(at + 1, len(lines)):
+        if lines[i].split("#", 1)[0].strip() == header:
+            seen += 1
+            if seen == index:
+                return i
+    return at

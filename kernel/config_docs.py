@@ -18,6 +18,7 @@ from pydantic import BaseModel, RootModel
 from pydantic_core import PydanticUndefined
 
 from .config import Config, Logging, Model, Plugins, Route, Routing, Server, StateSection
+from .strategy import NoSettings
 
 if TYPE_CHECKING:
     from .kernel import Kernel
@@ -44,7 +45,7 @@ def sections(kernel: Kernel) -> list[tuple[str, type[BaseModel]]]:
         out.append((f"[providers.NAME] kind = {' or '.join(names)}", model))
     for name, strategy in kernel.strategies.items():
         model = getattr(strategy, "Settings", None)
-        if model is not None:
+        if model is not None and model is not NoSettings:  # no table to write
             out.append((f"[routes.NAME.{name}]", model))
     for name, validator in kernel.validators.items():
         if validator.settings is not None:
@@ -75,7 +76,7 @@ def sections(kernel: Kernel) -> list[tuple[str, type[BaseModel]]]:
 def _nested(title: str, model: type[BaseModel]) -> list[tuple[str, type[BaseModel]]]:
     """Sub-tables of ``model`` (a field holding a model, or a dict of models), as sections."""
     found = []
-    base = title.split(" kind")[0].strip("[]")
+    base = re.match(r"\[*([^\] ]+)", title).group(1)  # "[routes.NAME] keys of..." -> routes.NAME
     for name, field in model.model_fields.items():
         inner = _inner_model(field.annotation)
         if inner is None:

@@ -40,6 +40,11 @@ class Strategy(ABC):
     """Validates the route's ``[routes.NAME.<strategy>]`` sub-table; the result is
     ``run.settings``."""
 
+    needs_models: ClassVar[bool] = True
+    """Whether a route naming this strategy must list ``models`` (a config error otherwise).
+    A strategy that sets it False gets an empty plan on a route without models, and finds what
+    to call elsewhere (the ``chain`` strategy's stages, say)."""
+
     @abstractmethod
     async def run(self, run: Run) -> Any:
         """Answer the request: return a Completion (or, streaming, what ``run.attempt`` or

@@ -5,11 +5,19 @@ Runs once, after plugins load and their registration hooks ran: plugin sections 
 ``[my_plugin]``), provider tables by kind, route sub-tables by strategy, validators named by routes
 and the store backend. Every problem is collected, each with its file and line, and reported at
 once; ``turnout config check`` runs the same check as ``turnout serve``.
+
+Every model is validated with a pydantic validation context (``info.context`` in a validator)
+holding ``models`` and ``routes``, the configured names, so a setting naming a model or route can
+be checked; what a route owns (its plugins' keys, its strategy's sub-table, its validators) also
+gets ``route`` (its name) and ``strategy`` (the strategy it names). Each validation gets a fresh
+context dict. A route without ``models`` is a problem unless its strategy declares
+``needs_models = False``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import BaseModel, SecretStr, ValidationError
@@ -56,9 +64,13 @@ def wire(kernel: Kernel) -> Wiring:
     config = kernel.config
     out = Wiring()
 
-    def validate(model: type[BaseModel], raw: Any, where: tuple, keep: Callable) -> None:
+    names = {"models": frozenset(config.models), "routes": frozenset(config.routes)}
+
+    def validate(model: type[BaseModel], raw: Any, where: tuple, keep: Callable,
+                 context: dict[str, Any] | None = None) -> None:
         try:
-            value = model() if raw is None else model.model_validate(raw)
+            value = model() if raw is None else \
+                model.model_validate(raw, context={**names, **(context or {})})
         except ValidationError as exc:
             out.problems.extend(validation_problems(exc, where))
             return
@@ -112,12 +124,23 @@ def wire(kernel: Kernel) -> Wiring:
     strategies, validators = kernel.strategies, kernel.validators
     for name, route in config.routes.items():
         owned: dict[str, dict[str, Any]] = {p: {} for p in out.route_models}
-        if route.strategy not in strategies:
+        context = {"route": name, "strategy": route.strategy}
+        routed = partial(validate, context=context)
+        chosen = strategies.get(route.strategy)
+        if chosen is None:
             out.problems.append((("routes", name, "strategy"), f"unknown strategy "
                                  f"{route.strategy!r}; registered: {strategies.known()}"))
+        elif not route.models and getattr(chosen, "needs_models", True):
+            out.problems.append((("routes", name, "models"), f"strategy {route.strategy!r} "
+                                 "needs models: list them in preference order, models = "
+                                 "[\"a-model\", ...]"))
+        elif route.models and not getattr(chosen, "needs_models", True):
+            out.problems.append((("routes", name, "models"), f"strategy {route.strategy!r} "
+                                 "takes no models (they would be ignored): remove the key; its "
+                                 "own settings name the models it calls"))
         if route.validators is not None:
             out.validators[name] = _route_validators(validators, name, route.validators,
-                                                     validate, out.problems)
+                                                     routed, out.problems)
         for key, raw in (route.model_extra or {}).items():
             if key in route_keys:
                 owned[route_keys[key]][key] = raw
@@ -130,11 +153,15 @@ def wire(kernel: Kernel) -> Wiring:
                                      f"({plugin_keys}) and one sub-table per registered strategy "
                                      f"({strategies.known()})"))
                 continue
-            validate(settings_model(strategy) or NoSettings, raw, ("routes", name, key),
-                     lambda v, k=(name, key): out.strategies.__setitem__(k, v))
+            routed(settings_model(strategy) or NoSettings, raw, ("routes", name, key),
+                   lambda v, k=(name, key): out.strategies.__setitem__(k, v))
+        if chosen is not None and route.strategy not in (route.model_extra or {}):
+            # No sub-table: the strategy's defaults, which must be complete on their own.
+            routed(settings_model(chosen) or NoSettings, {}, ("routes", name, route.strategy),
+                   lambda v, k=(name, route.strategy): out.strategies.__setitem__(k, v))
         for plugin_name, raw in owned.items():
-            validate(out.route_models[plugin_name], raw, ("routes", name),
-                     lambda v, k=(name, plugin_name): out.routes.__setitem__(k, v))
+            routed(out.route_models[plugin_name], raw, ("routes", name),
+                   lambda v, k=(name, plugin_name): out.routes.__setitem__(k, v))
 
     backend = config.state.backend
     factory = kernel.store_backends.get(backend)

@@ -77,7 +77,6 @@ def test_missing_env_var_names_key_file_and_line(tmp_path: Path) -> None:
     ("[server]\nport = 99999\n", "t.toml:2", "server.port"),
     ("[server]\nprot = 1\n", "t.toml:2", "unknown key"),
     ("[providers.p]\nkind = 'openai'\n\n[models.m]\nprovider = 'q'\n", "t.toml", "no provider 'q'"),
-    ("[routes.r]\nmodels = []\n", "t.toml:2", "routes.r.models"),
     ("[server]\nhost = '0.0.0.0'\n", "t.toml", "not loopback"),
     ("[server\n", "t.toml", "not valid TOML"),
 ])
@@ -85,6 +84,22 @@ def test_errors_say_what_is_expected(text: str, where: str, expected: str) -> No
     with pytest.raises(ConfigError) as info:
         config.parse_text(text, source="t.toml", environ={})
     assert where in str(info.value) and expected in str(info.value)
+
+
+@pytest.mark.parametrize("text, where", [
+    ("[routes.r]\nmodels = []\n", "t.toml:2"),
+    ("[routes.r]\nstrategy = 'race'\n", "t.toml:1"),
+])
+def test_a_route_without_models_is_an_error_unless_its_strategy_needs_none(text: str,
+                                                                          where: str) -> None:
+    from turnout.kernel.kernel import Kernel
+
+    parsed = config.parse_text(text, source="t.toml", environ={})  # the schema allows it
+    assert parsed.routes["r"].models == []
+    with pytest.raises(ConfigError) as info:
+        Kernel(parsed).load_plugins()  # the strategy decides
+    assert f"{where}: routes.r.models: strategy " in str(info.value)
+    assert "needs models: list them" in str(info.value)
 
 
 def test_yaml_errors_carry_lines() -> None:
@@ -182,7 +197,7 @@ def test_config_check_lists_every_problem_at_once_with_lines(
         "gateway.toml:9: providers.odd.kind: unknown provider kind 'carrier-pigeon'",
         "gateway.toml:5: providers.local: kind 'openai-compatible' needs base_url",
         "gateway.toml:19: routes.r.strategy: unknown strategy 'shuffle'; registered: cascade, "
-        "fallback, race",
+        "chain, critic, ensemble, fallback, race",
         "gateway.toml:22: routes.r.fallback.retry_after_cap_s:",
         "gateway.toml:25: routes.r.cascade.tiers: unknown key",
     ]
