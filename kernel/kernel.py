@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Mapping
 import anyio
 import structlog
 from opentelemetry import trace
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from . import tokens
 from .config import Config, Route
@@ -79,6 +79,10 @@ BUILTINS = {
     "fallback": "turnout.plugins.fallback:Fallback",
     "cascade": "turnout.plugins.cascade",
     "race": "turnout.plugins.race",
+    "ensemble": "turnout.plugins.ensemble",
+    "critic": "turnout.plugins.critic",
+    "chain": "turnout.plugins.chain",
+    "conversation": "turnout.plugins.conversation:Conversation",
     "json_validator": "turnout.plugins.json_validator",
     "validators": "turnout.plugins.validators:Validators",
     "budgets": "turnout.plugins.budgets:Budgets",
@@ -428,7 +432,9 @@ class Kernel:
             with self._span(ctx):
                 await self._prepare(ctx)
                 started = await self._started(ctx, await self._run_strategy(ctx))
-                ctx.answered = started.attempt or _attempt_of(ctx, started.completion)
+                source = ctx.state.get("kernel.source")
+                ctx.answered = started.attempt or _attempt_of(ctx, started.completion) or \
+                    (source.answering if source is not None else None)
         except BaseException as exc:
             self._fail(ctx, exc)
             await self._record(ctx)
@@ -444,9 +450,11 @@ class Kernel:
     async def subrequest(self, parent: Context, request: ChatRequest) -> Completion | AnswerStream:
         """Run a sub-request for a multi-call strategy: classified, routed, traced and recorded
         under ``parent``, its spend, tokens and attempts counted in the parent's. Streams when
-        ``request.stream`` is set."""
+        ``request.stream`` is set. Its response headers are its own: what a plugin says about a
+        sub-request (a cache hit on a critique, say) does not describe the answer the client
+        gets; a plugin that speaks for the whole request writes to ``ctx.root``'s."""
         ctx = self.context(request, parent=parent, client=parent.client, caller=parent.caller,
-                           headers=parent.headers, response_headers=parent.response_headers)
+                           headers=parent.headers)
         parent.children.append(ctx)
         parent.begin_wait()  # the parent's own overhead excludes its sub-requests' time
         try:
@@ -508,7 +516,13 @@ class Kernel:
         default = self._default_strategy_settings.get(strategy)
         if default is None:
             model = settings_model(self.strategies.get(strategy))
-            default = model() if model is not None else None
+            try:
+                default = model() if model is not None else None
+            except ValidationError as exc:
+                raise NoRoute(f"strategy {strategy!r} has settings without defaults "
+                              f"({', '.join(str(e['loc'][0]) for e in exc.errors())}); it can "
+                              f"run only on a route that sets them in [routes.NAME."
+                              f"{strategy}]") from None
             self._default_strategy_settings[strategy] = default
         return default
 
@@ -522,9 +536,9 @@ class Kernel:
         await hook.filter_candidates(ctx=ctx)
         plan = await hook.plan_route(ctx=ctx)
         if plan is None:
-            if not ctx.candidates:
-                raise NoRoute(f"no model can serve this request ({self._why_none(ctx)}).")
             route = self.route_config(ctx.route)
+            if not ctx.candidates and self._needs_models(route):
+                raise NoRoute(f"no model can serve this request ({self._why_none(ctx)}).")
             plan = Plan(route.strategy, [Step(m, route.attempt_timeout_s)
                                          for m in ctx.candidates])
         if plan.strategy not in self.strategies:
@@ -556,6 +570,12 @@ class Kernel:
             ctx.candidates = list(selection.models)
         ctx.route = selection.route
         ctx.decision["rule"] = selection.reason or selection.route
+
+    def _needs_models(self, route: Route) -> bool:
+        """Whether ``route``'s strategy runs on the route's models (every strategy but one that
+        declares ``needs_models = False``, such as ``chain``, which has a plan without steps)."""
+        strategy = self.strategies.get(route.strategy)
+        return strategy is None or getattr(strategy, "needs_models", True)
 
     @staticmethod
     def _why_none(ctx: Context) -> str:
@@ -902,12 +922,7 @@ class AnswerStream:
     @property
     def answer(self) -> Answer:
         """The request's account as it stands: final once the stream has ended."""
-        answer = Answer.of(self.ctx)
-        source = self.ctx.state.get("kernel.source")
-        if answer.model is None and source is not None:
-            inner = Answer.of(source)
-            answer.model, answer.provider = inner.model, inner.provider
-        return answer
+        return Answer.of(self.ctx)
 
     def __aiter__(self) -> "AnswerStream":
         return self
@@ -1018,11 +1033,16 @@ def _merge_tool_calls(calls: dict[int, dict], deltas: list[dict]) -> None:
 
 
 def _attempt_of(ctx: Context, completion: Completion | None) -> Attempt | None:
-    """The attempt of ``ctx`` that gave ``completion`` (settling shares its usage object with
-    the attempt); None for an answer from a sub-request."""
+    """The attempt that gave ``completion``: one of ``ctx``'s own (settling shares its usage
+    object with the attempt) or, for an answer a sub-request gave, the attempt that answered
+    the sub-request."""
     if completion is None:
         return None
-    return next((a for a in ctx.attempts if a.usage is completion.usage), None)
+    own = next((a for a in ctx.attempts if a.usage is completion.usage), None)
+    if own is not None:
+        return own
+    return next((child.answering for child in ctx.children if child.completion is completion),
+                None)
 
 
 async def _hand_over(holds: list[Hold], attempt: Attempt) -> None:

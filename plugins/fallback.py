@@ -23,6 +23,7 @@ smaller model that cannot take the prompt.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,7 +37,7 @@ from turnout.kernel.errors import (
 )
 from turnout.kernel.hookspecs import hookimpl
 from turnout.kernel.strategy import AttemptFailed, Run, Strategy
-from turnout.kernel.types import Alert, Context, Escalation, Verdict
+from turnout.kernel.types import Alert, Context, Escalation, Step, Verdict
 
 from .fit import fits
 
@@ -63,24 +64,31 @@ class FallbackStrategy(Strategy):
     Settings = FallbackSettings
 
     async def run(self, run: Run) -> object:
-        plan = run.plan
-        last: AttemptFailed | None = None
-        while (step := plan.current) is not None:
-            try:
-                return await run.attempt(step)
-            except AttemptFailed as failed:
-                last = failed
-            move = await run.escalate(last)
-            if move.action == "stop":
-                break
-            if move.action == "retry":
-                await run.wait(move.delay_s)
-            else:
-                plan.cursor = plan.cursor + 1 if move.cursor is None else move.cursor
-        if last is not None:
-            raise last.reason
-        raise NoRoute("the plan has no steps")
+        answer, _ = await walk(run)
+        return answer
 
+
+async def walk(run: Run, *, stream: bool | None = None) -> tuple[Any, Step]:
+    """Attempt the plan's steps from its cursor until one answers, as the escalate event directs
+    (a retry after a wait, the next step, or the end): the answer and the step that gave it.
+    Raises the last failure's reason when none answers. ``stream`` as for ``Run.attempt``."""
+    plan = run.plan
+    last: AttemptFailed | None = None
+    while (step := plan.current) is not None:
+        try:
+            return await run.attempt(step, stream=stream), step
+        except AttemptFailed as failed:
+            last = failed
+        move = await run.escalate(last)
+        if move.action == "stop":
+            break
+        if move.action == "retry":
+            await run.wait(move.delay_s)
+        else:
+            plan.cursor = plan.cursor + 1 if move.cursor is None else move.cursor
+    if last is not None:
+        raise last.reason
+    raise NoRoute("the plan has no steps")
 
 class Fallback:
     """Registers the ``fallback`` strategy and decides escalation by error kind."""

@@ -42,6 +42,8 @@ from turnout.kernel.request import ChatRequest
 from turnout.kernel.types import Completion, Context, Verdict
 from turnout.plugins import sandbox
 
+from .verdicts import read_number, text_of
+
 if TYPE_CHECKING:
     from turnout.kernel.kernel import Kernel
 
@@ -434,31 +436,13 @@ Score it from 1 (useless) to 10 (perfect) against the rubric. Reply with JSON on
 _judging: contextvars.ContextVar[bool] = contextvars.ContextVar("turnout_judging", default=False)
 """Set while a judge sub-request runs, so its own answer is not judged in turn."""
 
-_SCORE = re.compile(r'"?score"?\s*[:=]\s*"?(\d+(?:\.\d+)?)', re.IGNORECASE)
-
-
 def parse_judgement(text: str) -> tuple[float, str] | None:
     """``(score, reason)`` from a judge's answer: JSON (possibly fenced or in prose), else a
     ``score: n`` pattern; None when no score is found."""
-    start, end = text.find("{"), text.rfind("}")
-    if 0 <= start < end:
-        try:
-            value = orjson.loads(text[start:end + 1])
-        except orjson.JSONDecodeError:
-            value = None
-        if isinstance(value, dict):
-            score = value.get("score")
-            if isinstance(score, str):
-                try:
-                    score = float(score)
-                except ValueError:
-                    score = None
-            if isinstance(score, (int, float)) and not isinstance(score, bool):
-                return float(score), str(value.get("reason") or "")
-    found = _SCORE.search(text)
-    if found:
-        return float(found.group(1)), ""
-    return None
+    found = read_number(text, "score")
+    if found is None or found[0] is None:
+        return None
+    return found[0], text_of(found[1], "reason")
 
 
 class Validators:

@@ -409,7 +409,10 @@ async def test_subrequests_are_cached_like_any_request() -> None:
         first = await kernel.subrequest(parent, det("a part"))
         second = await kernel.subrequest(parent, det("a part"))
     assert (first.content, second.content) == ("answer 1", "answer 1") and second.cached
-    assert parent.response_headers[HEADER] == "hit" and upstream.calls == 1
+    assert upstream.calls == 1
+    # The parent's own answer was not served from the cache: the header is not the parent's.
+    assert HEADER not in parent.response_headers
+    assert [c.response_headers[HEADER] for c in parent.children] == ["miss", "hit"]
 
 
 # --- streams -----------------------------------------------------------------------------------
