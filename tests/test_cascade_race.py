@@ -1,7 +1,10 @@
 """The built-in ``cascade`` and ``race`` strategies: in the kernel with scripted providers, and
-over HTTP with the official openai SDK for a streaming request each."""
+over HTTP with the official openai SDK against a fake OpenAI upstream."""
 
 from __future__ import annotations
+
+import json
+import time
 
 import anyio
 import pytest
@@ -11,6 +14,7 @@ from turnout.kernel.hookspecs import hookimpl
 from turnout.kernel.types import Answer, Chunk, Completion, Usage, Verdict
 from turnout.plugins import cascade, race
 
+from .fakes import Delay, Reply, Script, openai_app, serve
 from .gateway import running_gateway
 from .support import ask, collect, kernel_for
 
@@ -297,38 +301,148 @@ async def test_streaming_race_streams_the_first_to_its_first_chunk() -> None:
     assert ctx.decision["race"]["winner"] == "big"
 
 
-# --- over HTTP -----------------------------------------------------------------------------------
+# --- over HTTP ---------------------------------------------------------------------------------
+#
+# The gateway runs for real in front of a fake OpenAI upstream whose answers depend on the model
+# and the prompt, driven with the official openai SDK.
+
+KEY = "sk-fleet-upstream-2468"
+FAST_S, SLOW_S = 0.3, 2.0
+"""How long a race's fast model takes (long enough for every raced call to reach the fake before
+the winner answers) and its slow ones (a loser cut off is seen by the fake long before)."""
 
 
-FLEET = {
-    "providers": {"fleet": {"kind": "simulated"}},
-    "models": {
-        "small": {"provider": "fleet", "input_price": 1.0, "output_price": 2.0},
-        "medium": {"provider": "fleet", "input_price": 5.0, "output_price": 10.0},
-        "large": {"provider": "fleet", "input_price": 30.0, "output_price": 60.0},
-    },
-    "routes": {
-        "json-cascade": {"models": ["small", "medium", "large"], "strategy": "cascade",
-                         "validators": ["json"]},
-        "fastest": {"models": ["small", "medium", "large"], "strategy": "race",
-                    "race": {"n": 2}},
-    },
-}
-
-SCRIPT = Timed({"small": (0.01, "not json, sorry"), "medium": (0.3, '{"river": "Rhine"}'),
-                "large": (0, '{"river": "Danube"}')})
+def fleet_answer(model: str, prompt: str):
+    """The fleet. A JSON prompt: small answers JSON only about a mountain (a river gets prose),
+    medium and large always answer JSON. Any other prompt ends with the name of the one model
+    that answers fast (after ``FAST_S``); the others take ``SLOW_S`` seconds."""
+    if prompt.endswith("as JSON."):
+        if model == "small":
+            return '{"mountain": "Eiger"}' if "mountain" in prompt else "not json, sorry"
+        return '{"river": "Rhine"}' if model == "medium" else '{"river": "Danube"}'
+    reply = f"{model} was here"
+    return Delay(FAST_S if prompt.endswith(" " + model) else SLOW_S, Reply(reply))
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory):
-    with running_gateway(FLEET, tmp_path_factory.mktemp("cascade_race"),
-                         plugins={"timed": SCRIPT}) as gw:
+def fleet():
+    script = Script(answer=fleet_answer)
+    with serve(openai_app(script, api_key=KEY)) as url:
+        yield script, url + "/v1"
+
+
+@pytest.fixture(scope="module")
+def gateway(fleet, tmp_path_factory: pytest.TempPathFactory):
+    config = {
+        "providers": {"up": {"kind": "openai", "base_url": fleet[1], "api_key": KEY}},
+        "models": {
+            "small": {"provider": "up", "input_price": 1.0, "output_price": 2.0},
+            "medium": {"provider": "up", "input_price": 5.0, "output_price": 10.0},
+            "large": {"provider": "up", "input_price": 30.0, "output_price": 60.0},
+        },
+        "routes": {
+            "json-cascade": {"models": ["small", "medium", "large"], "strategy": "cascade",
+                             "validators": ["json"]},
+            "fastest": {"models": ["small", "medium", "large"], "strategy": "race",
+                        "race": {"n": 2}},
+        },
+    }
+    with running_gateway(config, tmp_path_factory.mktemp("cascade_race")) as gw:
         yield gw
 
 
-def test_http_streaming_cascade_streams_the_chosen_answer(gateway) -> None:
+@pytest.fixture
+def script(fleet) -> Script:
+    fleet[0].reset()
+    return fleet[0]
+
+
+def asked(script: Script, prompt: str) -> list[str]:
+    """The models the fake was asked ``prompt`` of, in the order their answers settled."""
+    return [s.model for s in script.spans if s.prompt == prompt]
+
+
+def cut_off(script: Script, prompt: str, model: str, within: float = 5.0) -> bool:
+    """Whether the fake saw the gateway hang up on ``model``'s call (waiting for it a while)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if any(s.model == model and s.prompt == prompt and s.gone for s in script.spans):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def record_of(gateway, request_id: str) -> tuple[dict, list[dict]]:
+    """The request's row (its decision decoded) and its attempts' rows."""
+    row = next(r for r in gateway.rows() if r["request_id"] == request_id)
+    row["decision"] = json.loads(row["decision"] or "{}")
+    return row, gateway.attempts(request_id)
+
+
+JSON_PROMPTS = [
+    ("A mountain, as JSON.", ["small"], ["ok"], '{"mountain": "Eiger"}'),
+    ("A river, as JSON.", ["small", "medium"], ["rejected", "ok"], '{"river": "Rhine"}'),
+]
+
+
+@pytest.mark.parametrize("prompt, models, statuses, content", JSON_PROMPTS)
+def test_http_cascade_escalates_exactly_when_the_validator_fails(gateway, script, prompt, models,
+                                                                 statuses, content) -> None:
     raw = gateway.client(timeout=10).chat.completions.with_raw_response.create(
-        model="json-cascade", messages=[{"role": "user", "content": "A river, as JSON."}],
+        model="json-cascade", messages=[{"role": "user", "content": prompt}],
+        response_format=JSON)
+    completion = raw.parse()
+    assert completion.choices[0].message.content == content
+    assert asked(script, prompt) == models  # medium only after small's answer failed
+    assert raw.headers["x-turnout-strategy"] == "cascade"
+    assert raw.headers["x-turnout-model"] == models[-1]
+    assert "x-turnout-validation" not in raw.headers
+    row, attempts = record_of(gateway, raw.headers["x-request-id"])
+    assert (row["status"], row["model"]) == ("ok", models[-1])
+    assert [(a["model"], a["status"]) for a in attempts] == list(zip(models, statuses))
+    path = row["decision"]["cascade"]
+    assert [(e["model"], e["passed"]) for e in path] == [(m, s == "ok")
+                                                         for m, s in zip(models, statuses)]
+    if len(models) > 1:
+        assert "json" in path[0]["reason"]
+    cost = float(raw.headers["x-turnout-cost-usd"])
+    assert all(a["cost_usd"] > 0 for a in attempts)
+    assert cost == pytest.approx(sum(a["cost_usd"] for a in attempts), abs=1e-8)
+    assert row["cost_usd"] == pytest.approx(cost, abs=1e-8)
+
+
+@pytest.mark.parametrize("fast, slow", [("small", "medium"), ("medium", "small")])
+def test_http_race_returns_the_winner_and_cuts_the_loser_off(gateway, script, fast,
+                                                             slow) -> None:
+    prompt = f"Who answers first? {fast}"
+    started = time.monotonic()
+    raw = gateway.client(timeout=10).chat.completions.with_raw_response.create(
+        model="fastest", messages=[{"role": "user", "content": prompt}])
+    assert time.monotonic() - started < SLOW_S  # the loser was not waited for
+    assert raw.parse().choices[0].message.content == f"{fast} was here"
+    assert (raw.headers["x-turnout-strategy"], raw.headers["x-turnout-model"]) == ("race", fast)
+    assert cut_off(script, prompt, slow)  # the fake saw the connection closed
+    spans = [s for s in script.spans if s.prompt == prompt]
+    assert sorted(s.model for s in spans) == sorted([fast, slow])  # large never started
+    assert spans[0].overlaps(spans[1])  # both were in flight together
+    row, attempts = record_of(gateway, raw.headers["x-request-id"])
+    assert (row["status"], row["model"]) == ("ok", fast)
+    by_model = {a["model"]: a for a in attempts}
+    assert sorted(by_model) == sorted([fast, slow])
+    assert by_model[fast]["status"] == "ok" and by_model[slow]["status"] == "cancelled"
+    assert by_model[slow]["input_tokens"] > 0 and by_model[slow]["output_tokens"] == 0
+    assert by_model[slow]["cost_usd"] > 0  # its prompt was sent, and is paid for
+    assert row["decision"]["race"]["winner"] == fast
+    cost = float(raw.headers["x-turnout-cost-usd"])
+    assert cost > by_model[fast]["cost_usd"] + 1e-8
+    assert cost == pytest.approx(sum(a["cost_usd"] for a in attempts), abs=1e-8)
+    assert row["cost_usd"] == pytest.approx(cost, abs=1e-8)
+
+
+def test_http_streaming_cascade_streams_the_chosen_answer(gateway, script) -> None:
+    prompt = "A river, as JSON."
+    raw = gateway.client(timeout=10).chat.completions.with_raw_response.create(
+        model="json-cascade", messages=[{"role": "user", "content": prompt}],
         response_format=JSON, stream=True, stream_options={"include_usage": True})
     assert raw.headers["x-turnout-strategy"] == "cascade"
     assert raw.headers["x-turnout-model"] == "medium"
@@ -337,22 +451,24 @@ def test_http_streaming_cascade_streams_the_chosen_answer(gateway) -> None:
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == '{"river": "Rhine"}'
     assert chunks[-1].usage.completion_tokens > 0
-    parent = next(r for r in gateway.rows() if r["request_id"] == raw.headers["x-request-id"])
-    assert (parent["status"], parent["model"]) == ("ok", "medium")
-    assert [a["status"] for a in gateway.attempts(parent["request_id"])] == ["rejected", "ok"]
+    assert asked(script, prompt) == ["small", "medium"]
+    row, attempts = record_of(gateway, raw.headers["x-request-id"])
+    assert (row["status"], row["model"]) == ("ok", "medium")
+    assert [a["status"] for a in attempts] == ["rejected", "ok"]
+    assert row["cost_usd"] == pytest.approx(sum(a["cost_usd"] for a in attempts))
 
 
-def test_http_streaming_race_streams_the_winner(gateway) -> None:
+def test_http_streaming_race_streams_the_winner(gateway, script) -> None:
+    prompt = "Who answers first? small"
     raw = gateway.client(timeout=10).chat.completions.with_raw_response.create(
-        model="fastest", messages=[{"role": "user", "content": "A river."}], stream=True)
+        model="fastest", messages=[{"role": "user", "content": prompt}], stream=True)
     text = "".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices)
-    assert text == "not json, sorry"
-    parent = next(r for r in gateway.rows() if r["request_id"] == raw.headers["x-request-id"])
-    assert (parent["status"], parent["model"]) == ("ok", "small")
-    attempts = gateway.attempts(parent["request_id"])
+    assert text == "small was here"
+    assert raw.headers["x-turnout-model"] == "small"
+    assert cut_off(script, prompt, "medium")
+    row, attempts = record_of(gateway, raw.headers["x-request-id"])
+    assert (row["status"], row["model"]) == ("ok", "small")
     assert sorted((a["model"], a["status"]) for a in attempts) == [("medium", "cancelled"),
                                                                    ("small", "ok")]
-    assert raw.headers["x-turnout-model"] == "small"
-    assert parent["cost_usd"] == pytest.approx(sum(a["cost_usd"] for a in attempts))
-    assert attempts[0]["cost_usd"] > 0
-
+    assert row["cost_usd"] == pytest.approx(sum(a["cost_usd"] for a in attempts))
+    assert all(a["cost_usd"] > 0 for a in attempts)
