@@ -59,6 +59,8 @@ def parser(commands: Registry[Command] | None = None) -> argparse.ArgumentParser
     route.add_argument("--explain", required=True, metavar="PROMPT", help="the prompt")
     route.add_argument("--model", default="auto", help="model or route to ask for (default auto)")
     route.add_argument("--config", help="config file")
+    route.add_argument("--json", action="store_true", help="print the raw decision record and "
+                       "labels as JSON")
     for name in commands.names():
         command = commands[name]
         added = sub.add_parser(name, help=command.help)
@@ -87,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
             print(reference())
             return 0
         if args.command == "route":
-            print(json.dumps(anyio.run(explain, args), indent=2, default=str))
+            from turnout.adapters.explain import render
+
+            decision = anyio.run(explain, args)
+            print(json.dumps(decision, indent=2, default=str) if args.json
+                  else render(decision, args.explain))
             return 0
     except TurnoutError as exc:
         print(f"turnout: {exc.message}", file=sys.stderr)

@@ -171,10 +171,23 @@ class ProviderEntry(Section):
 CAPABILITIES = {"tools", "json", "streaming", "vision"}
 
 
+class Deployment(Section):
+    """One deployment of a model: a provider (a region, another vendor) serving it under an
+    upstream id. Its id is ``<model>@<provider>``."""
+
+    provider: str = Field(description="Name of the provider (a key of [providers]) of this "
+                          "deployment; one deployment per provider within a model.")
+    upstream: str | None = Field(default=None, description="Model id sent to this provider; "
+                                 "default: the model's upstream (else its name).")
+    weight: float = Field(default=1.0, gt=0, description="Relative share of traffic this "
+                          "deployment gets when its siblings are equally healthy and fast.")
+
+
 class Model(Section):
     """A model clients may ask for by its name (the table key)."""
 
-    provider: str = Field(description="Name of the provider (a key of [providers]) that serves it.")
+    provider: str = Field(description="Name of the provider (a key of [providers]) that serves "
+                          "it; with deployments, default: the first deployment's.")
     upstream: str | None = Field(default=None, description="Model id sent upstream; default: the "
                                  "name.")
     context_window: int = Field(default=128_000, ge=256, description="Tokens of prompt + answer.")
@@ -186,6 +199,57 @@ class Model(Section):
                                     description=f"Any of {sorted(CAPABILITIES)}.")
     tier: int = Field(default=1, ge=0, description="Strength, 0 = cheapest; routers may use it.")
     description: str = Field(default="", description="Free text, shown in listings.")
+    quality: float | dict[str, float] | None = Field(
+        default=None, description="How good its answers are, 0 (useless) to 1 (always right), "
+        "for the routers that weigh quality ('score', 'cost_tiers'): one number for every task, "
+        "or a table by task type (the 'task' label) with an optional 'default' for the rest, "
+        "e.g. { code = 0.9, chat = 0.7, default = 0.6 }. Unset: unknown (a router ranks it below "
+        "models whose quality it knows).")
+
+    @field_validator("quality")
+    @classmethod
+    def _fraction(cls, v: float | dict[str, float] | None) -> float | dict[str, float] | None:
+        for task, value in ({"": v} if isinstance(v, (int, float)) else v or {}).items():
+            if not 0 <= value <= 1:
+                where = f" for {task!r}" if task else ""
+                raise ValueError(f"quality{where} must be from 0 to 1, not {value}")
+        return v
+
+    def qualities(self) -> dict[str, float]:
+        """``quality`` as a table by task type (one number becomes ``default``)."""
+        if self.quality is None:
+            return {}
+        if isinstance(self.quality, dict):
+            return dict(self.quality)
+        return {"default": float(self.quality)}
+
+    deployments: list[Deployment] | None = Field(
+        default=None, description="Several deployments of this model (two regions, two "
+        "providers), as { provider = \"...\", upstream = \"...\", weight = 1 }: the health "
+        "plugin balances them by circuit state, latency and calls in flight, and fails over from "
+        "one to the next. Unset: the model is one deployment, its own provider and upstream.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _provider_from_deployments(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "provider" not in data and data.get("deployments"):
+            first = data["deployments"][0]
+            if isinstance(first, dict) and "provider" in first:
+                data = {**data, "provider": first["provider"]}
+        return data
+
+    @field_validator("deployments")
+    @classmethod
+    def _one_per_provider(cls, v: list[Deployment] | None) -> list[Deployment] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("list at least one deployment, or leave the key out")
+            providers = [d.provider for d in v]
+            twice = sorted({p for p in providers if providers.count(p) > 1})
+            if twice:
+                raise ValueError(f"provider {twice[0]!r} is listed twice; a deployment's id is "
+                                 "<model>@<provider>, so give each provider one deployment")
+        return v
 
     @field_validator("capabilities")
     @classmethod
@@ -200,10 +264,15 @@ class Model(Section):
 
 
 class Route(Section):
-    """A named route: candidate models in order, and the strategy that turns them into answers.
+    """A named route: candidate models, a router that may order them for each request, and the
+    strategy that turns them into answers.
 
-    The strategy's own settings live in the route's sub-table named after it, validated by the
-    strategy's model: ``[routes.NAME.fallback]`` for the built-in fallback chain.
+    The filters (context fit, capabilities, budget, health) drop candidates first; the route's
+    ``router``, when set, then orders what is left for the request at hand (by quality, price,
+    latency or a learned prediction) and says why in the decision record; the strategy gets the
+    models in that order. The strategy's own settings live in the route's sub-table named after
+    it, validated by the strategy's model: ``[routes.NAME.fallback]`` for the built-in fallback
+    chain.
     """
 
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -229,7 +298,15 @@ class Route(Section):
     attempt_timeout_s: float | None = Field(default=None, gt=0, description="Deadline of one "
                                             "attempt (non-streaming: the whole answer; streaming: "
                                             "the first chunk).")
-    description: str = Field(default="", description="Free text, shown in listings.")
+    router: str | dict[str, Any] | None = Field(
+        default=None, description="Registered router that orders this route's models for each "
+        "request, after the filters and before the strategy: a name, or a table { kind = "
+        "\"<name>\", ...its settings } validated by the router's own settings. Built in: "
+        "'score' (a weighted score of quality for the task, price and observed latency; "
+        "settings quality, price, latency) and 'cost_tiers' (cheapest first among the models "
+        "whose quality for the task reaches min_quality, the others after, best first); "
+        "plugins add more ('learned'). Unset: the models in the order listed. The decision "
+        "record's 'router' says which ran, why, and each model's score.")
 
 
 class Rule(Section):
@@ -240,14 +317,73 @@ class Rule(Section):
                                  "string ('> 0.6', '<= 2000', '!= chat').")
     route: str = Field(description="Route to take (a key of [routes]).")
 
+    @field_validator("when")
+    @classmethod
+    def _current_task_names(cls, when: dict[str, Any]) -> dict[str, Any]:
+        task = when.get("task")
+        for value in task if isinstance(task, list) else [task]:
+            if isinstance(value, str) and value in RENAMED_TASKS:
+                raise ValueError(f"task {value!r} is no longer a task type: "
+                                 f"{RENAMED_TASKS[value]}")
+        return when
+
+
+RENAMED_TASKS = {
+    "translate": "write 'translation'",
+    "tools": "match needs_tools = true instead",
+}
+"""Task values the classifier no longer gives, and what a rule writes instead."""
+
+
+class Threshold(Section):
+    """A step of ``[routing] difficulty``: requests whose difficulty is below ``below`` take
+    ``route``."""
+
+    below: float | None = Field(default=None, description="Upper bound (exclusive) of the "
+                                "difficulty label (0..1) for this route; unset on the last "
+                                "entry: every difficulty left.")
+    route: str = Field(description="Route to take (a key of [routes]).")
+
 
 class Routing(Section):
-    """How ``model: auto`` is resolved."""
+    """How ``model: auto`` is resolved: the first of ``rules`` that matches, else the route
+    ``tasks`` maps the request's task to, else the first ``difficulty`` step it falls under, else
+    ``default``. The decision record's ``rule`` says which applied (``task code -> strong``,
+    ``difficulty 0.42 < 0.7 -> balanced``)."""
 
-    default: str | None = Field(default=None, description="Route for auto when no rule "
-                                "matches; default: the first route.")
+    default: str | None = Field(default=None, description="Route for auto when nothing else "
+                                "applies; default: the first route.")
     rules: list[Rule] = Field(default_factory=list, description="Checked in order; first match "
                               "wins.")
+    tasks: dict[str, str] = Field(default_factory=dict, description="Task type (the 'task' "
+                                  "label) -> route, e.g. { code = \"strong\", chat = "
+                                  "\"cheap\" }; applies when no rule matched.")
+    difficulty: list[Threshold] = Field(
+        default_factory=list, description="Routes by the request's difficulty (the "
+        "'difficulty' label, 0..1; the 'complexity' label where the classifier gives no "
+        "difficulty), when no rule matched and the task map has no entry: the first entry whose "
+        "'below' the difficulty is under, e.g. [{ below = 0.3, route = \"cheap\" }, { below = "
+        "0.7, route = \"balanced\" }, { route = \"strong\" }].")
+
+    @field_validator("difficulty")
+    @classmethod
+    def _ascending(cls, v: list[Threshold]) -> list[Threshold]:
+        bounds = [t.below for t in v]
+        if None in bounds[:-1]:
+            raise ValueError("only the last difficulty entry may leave out 'below' (it takes "
+                             "every difficulty left)")
+        given = [b for b in bounds if b is not None]
+        if given != sorted(given):
+            raise ValueError(f"the 'below' bounds must ascend, not {given}")
+        return v
+
+    @field_validator("tasks")
+    @classmethod
+    def _current_tasks(cls, v: dict[str, str]) -> dict[str, str]:
+        for task in v:
+            if task in RENAMED_TASKS:
+                raise ValueError(f"task {task!r} is no longer a task type: {RENAMED_TASKS[task]}")
+        return v
 
 
 # --- the rest ----------------------------------------------------------------------------------
@@ -321,6 +457,11 @@ class Config(Section):
             if model.provider not in self.providers:
                 found.append((("models", name, "provider"), f"no provider {model.provider!r}; "
                               f"providers: {sorted(self.providers)}"))
+            for i, deployment in enumerate(model.deployments or ()):
+                if deployment.provider not in self.providers:
+                    found.append((("models", name, "deployments", i, "provider"),
+                                  f"no provider {deployment.provider!r}; "
+                                  f"providers: {sorted(self.providers)}"))
         for name, route in self.routes.items():
             if name in self.models:
                 found.append((("routes", name), "a model has the same name; rename one"))
@@ -331,6 +472,14 @@ class Config(Section):
         for i, rule in enumerate(self.routing.rules):
             if rule.route not in self.routes:
                 found.append((("routing", "rules", i, "route"), f"no route {rule.route!r}; "
+                              f"routes: {sorted(self.routes)}"))
+        for task, route in self.routing.tasks.items():
+            if route not in self.routes:
+                found.append((("routing", "tasks", task), f"no route {route!r}; "
+                              f"routes: {sorted(self.routes)}"))
+        for i, step in enumerate(self.routing.difficulty):
+            if step.route not in self.routes:
+                found.append((("routing", "difficulty", i), f"no route {step.route!r}; "
                               f"routes: {sorted(self.routes)}"))
         if self.routing.default is not None and self.routing.default not in self.routes:
             found.append((("routing", "default"), f"no route {self.routing.default!r}; "

@@ -50,6 +50,9 @@ def sections(kernel: Kernel) -> list[tuple[str, type[BaseModel]]]:
     for name, validator in kernel.validators.items():
         if validator.settings is not None:
             out.append((f'[routes.NAME] validators = {{ kind = "{name}" }}', validator.settings))
+    for name, router in kernel.routers.items():
+        if router.settings is not None:
+            out.append((f'[routes.NAME] router = {{ kind = "{name}" }}', router.settings))
     for backend, factory in kernel.store_backends.items():
         model = getattr(factory, "Settings", None)
         if model is not None:

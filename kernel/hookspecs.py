@@ -4,8 +4,8 @@ Read top to bottom, this module is the life of one request: classify; route, in 
 (select_route, filter_candidates, plan_route); call; validate; escalate; record; and feedback,
 when someone scores the answer, after or long after. Then the process-level hooks (startup,
 shutdown, alert), and last the registration hooks through which plugins hand the kernel named
-things once, at load: provider kinds, strategies, validators, store backends, HTTP routes and CLI
-commands.
+things once, at load: provider kinds, strategies, validators, routers, store backends, HTTP
+routes and CLI commands.
 
 The dispatch is declared here, not at the call sites: a spec marked ``firstresult=True`` is walked
 in call order until an implementation answers (something other than None); every other spec runs
@@ -89,8 +89,10 @@ def classify(ctx: Context) -> dict | None:
     Fires once per request (and per sub-request), right after the request is accepted.
 
     :param ctx: The request context; ``ctx.request`` is the validated chat request.
-    :return: A dict of labels to merge into ``ctx.labels`` (task type, complexity, context tokens,
-        needs tools, language, ...), or None to add nothing.
+    :return: A dict of labels to merge into ``ctx.labels``, or None to add nothing. The built-in
+        labels (task, difficulty and its alias complexity, language, prompt_tokens, turns,
+        needs_tools, needs_json, needs_vision, classifier) are typed and documented in
+        :mod:`turnout.kernel.labels` (``Labels``, ``DOCS``).
 
     All answers are gathered; when two plugins set the same label, the later in call order wins.
     """
@@ -404,6 +406,29 @@ def register_validators(register: Callable[..., None]) -> None:
     loads (errors name file and line); ``check(ctx, completion, settings)`` receives the validated
     table when it declares that third parameter. A route that sets no ``validators`` runs every
     validator registered without a settings model.
+
+    :param register: The callback.
+    :return: Nothing.
+
+    All implementations run, once, while plugins load; a name registered twice is an error.
+    """
+
+
+@registration
+@hookspec
+def register_routers(register: Callable[..., None]) -> None:
+    """Register routers that order a route's models: ``[routes.NAME] router = "<name>"``.
+
+    Call ``register(name, router, settings=None)``: ``router(ctx, candidates, settings)`` (plain
+    or ``async``) returns a :class:`~turnout.kernel.types.Ranking` (the candidates in the order
+    the strategy gets them, a one-line reason, per-model scores and details) or None to leave
+    the order as it is. ``settings`` is the optional pydantic model of the router's table: a
+    route then writes ``router = { kind = "<name>", ...its settings }``, validated when the
+    config loads (errors name file and line), and ``router`` receives the validated table
+    (None for a router without settings). The kernel calls the route's router once per request,
+    after :func:`filter_candidates`, with ``ctx.candidates``; it sets ``ctx.candidates`` to the
+    ranking's models (which must be among the candidates) and records
+    ``decision["router"] = {"kind": name, "reason": ..., "scores": ..., **details}``.
 
     :param register: The callback.
     :return: Nothing.

@@ -61,6 +61,7 @@ from .types import (
     Hold,
     ModelProfile,
     Plan,
+    Ranking,
     Selection,
     Step,
     Usage,
@@ -74,7 +75,12 @@ NO_SPAN = nullcontext(trace.INVALID_SPAN)
 
 BUILTINS = {
     "classify": "turnout.plugins.classify",
+    "llm_classifier": "turnout.plugins.llm_classifier:LLMClassifier",
     "rules_router": "turnout.plugins.rules_router:RulesRouter",
+    "routers": "turnout.plugins.routers",
+    "learned_router": "turnout.plugins.learned_router:LearnedRouter",
+    "health": "turnout.plugins.health:Health",
+    "experiments": "turnout.plugins.experiments:Experiments",
     "fit": "turnout.plugins.fit",
     "fallback": "turnout.plugins.fallback:Fallback",
     "cascade": "turnout.plugins.cascade",
@@ -122,6 +128,15 @@ class ProviderKind:
 
 
 @dataclass(slots=True, frozen=True)
+class Router:
+    """A registered router: ``order(ctx, candidates, settings)`` gives a Ranking or None;
+    ``settings`` is the pydantic model of its table in ``[routes.NAME] router``, if any."""
+
+    order: Callable[..., Any]
+    settings: type[BaseModel] | None = None
+
+
+@dataclass(slots=True, frozen=True)
 class HttpRoute:
     """An HTTP endpoint a plugin serves beside the API."""
 
@@ -165,6 +180,8 @@ class Kernel:
                 factory, settings or settings_model(factory) or ProviderSettings))
         self.strategies: Registry[Strategy] = Registry("strategy")
         self.validators: Registry[Validator] = Registry("validator", Validator.of)
+        self.routers: Registry[Router] = Registry(
+            "router", lambda order, settings=None: Router(order, settings))
         self.store_backends: Registry[Callable[..., Store]] = Registry("store backend")
         self.http_routes: Registry[HttpRoute] = Registry(
             "HTTP route", lambda endpoint, methods=("GET",): HttpRoute(endpoint, tuple(methods)))
@@ -200,6 +217,7 @@ class Kernel:
         for caller, registry in ((hook.register_providers, self.provider_kinds),
                                  (hook.register_strategies, self.strategies),
                                  (hook.register_validators, self.validators),
+                                 (hook.register_routers, self.routers),
                                  (hook.register_stores, self.store_backends),
                                  (hook.register_http_routes, self.http_routes),
                                  (hook.register_commands, self.commands)):
@@ -533,7 +551,9 @@ class Kernel:
         ctx.decision["requested"] = ctx.request.model
         if ctx.route == AUTO and not ctx.candidates:
             self._select(ctx, await hook.select_route(ctx=ctx))
+        ctx.decision["candidates"] = [m.name for m in ctx.candidates]
         await hook.filter_candidates(ctx=ctx)
+        await self._rank(ctx)
         plan = await hook.plan_route(ctx=ctx)
         if plan is None:
             route = self.route_config(ctx.route)
@@ -555,6 +575,45 @@ class Kernel:
                             plan=[s.model.name for s in plan.steps],
                             estimated_cost_usd=round(estimate, 8))
         log.debug("route_selected", route=ctx.route, plan=ctx.decision["plan"])
+
+    async def _rank(self, ctx: Context) -> None:
+        """Let the route's router (``[routes.NAME] router``) order what the filters left, and
+        record why in ``decision["router"]``."""
+        configured = self.wiring.routers.get(ctx.route or "")
+        if configured is None or not ctx.candidates:
+            return
+        name, settings = configured
+        router = self.routers[name]
+        owner = self.routers.owners[name]
+        try:
+            ranking = await resolve(router.order(ctx, list(ctx.candidates), settings))
+        except TurnoutError:
+            raise
+        except Exception as exc:
+            log.exception("router_raised", router=name, plugin=owner)
+            raise PluginError(f"router {name!r} ({owner}) raised {type(exc).__name__}: {exc}",
+                              plugin=owner, hook="register_routers") from exc
+        if ranking is None:
+            return
+        if not isinstance(ranking, Ranking):
+            raise PluginError(f"router {name!r} ({owner}) returned {type(ranking).__name__}; "
+                              "return a Ranking, or None to leave the order as it is",
+                              plugin=owner, hook="register_routers")
+        known = {id(m) for m in ctx.candidates}
+        strangers = [m.name for m in ranking.models if id(m) not in known]
+        if strangers or not ranking.models:
+            what = f"models that are not candidates ({', '.join(strangers)})" if strangers \
+                else "no models"
+            raise PluginError(f"router {name!r} ({owner}) ranked {what}; rank the candidates "
+                              "it was given (ctx.drop removes one, with a reason)",
+                              plugin=owner, hook="register_routers")
+        ranked = {id(m) for m in ranking.models}
+        left_out = [m.name for m in ctx.candidates if id(m) not in ranked]
+        ctx.candidates = list(ranking.models)
+        ctx.decision["router"] = {"kind": name, "reason": ranking.reason,
+                                  "scores": dict(ranking.scores), **ranking.details}
+        if left_out:
+            ctx.decision["router"]["left_out"] = left_out
 
     def _select(self, ctx: Context, selection: Selection | None) -> None:
         """Apply a router's choice for ``auto``."""

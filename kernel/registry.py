@@ -49,7 +49,8 @@ class ModelRegistry:
                 name=name, provider=m.provider, upstream=m.upstream or name,
                 context_window=m.context_window, max_output_tokens=m.max_output_tokens,
                 input_price=m.input_price, output_price=m.output_price,
-                capabilities=frozenset(m.capabilities), tier=m.tier, description=m.description))
+                capabilities=frozenset(m.capabilities), tier=m.tier, description=m.description,
+                quality=m.qualities()))
         return registry
 
 

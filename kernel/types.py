@@ -39,11 +39,37 @@ class ModelProfile:
     capabilities: frozenset[str] = frozenset({"tools", "json", "streaming"})
     tier: int = 1
     description: str = ""
+    deployment: str | None = None
+    """Which deployment serves this copy of the model (``<model>@<provider>``), set by the
+    health plugin when it balances a model's deployments; None for the model as configured."""
+    quality: Mapping[str, float] = field(default_factory=dict)
+    """How good its answers are, 0..1, by task type (the ``task`` label), with ``default`` for
+    the other tasks; empty when unknown. Routers read it with :meth:`quality_for`."""
 
     def cost(self, usage: "Usage") -> float:
         """Cost in US dollars of a call with this usage."""
         return (usage.input_tokens * self.input_price
                 + usage.output_tokens * self.output_price) / 1_000_000
+
+    def quality_for(self, task: str | None) -> float | None:
+        """Its quality for ``task`` (the ``task`` label), else its ``default`` quality, else None
+        (unknown)."""
+        found = self.quality.get(task) if task is not None else None
+        return found if found is not None else self.quality.get("default")
+
+
+@dataclass(slots=True)
+class Ranking:
+    """What a router decided for a route's candidates."""
+
+    models: list[ModelProfile]
+    """The candidates, in the order the strategy gets them."""
+    reason: str
+    """One line for the decision record."""
+    scores: dict[str, float] = field(default_factory=dict)
+    """Model name -> score."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """Anything else worth recording (merged into ``decision["router"]``)."""
 
 
 @dataclass(slots=True)

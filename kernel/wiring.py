@@ -2,15 +2,15 @@
 plugin-owned table with the owner's own pydantic model.
 
 Runs once, after plugins load and their registration hooks ran: plugin sections (``[record]``,
-``[my_plugin]``), provider tables by kind, route sub-tables by strategy, validators named by routes
-and the store backend. Every problem is collected, each with its file and line, and reported at
-once; ``turnout config check`` runs the same check as ``turnout serve``.
+``[my_plugin]``), provider tables by kind, route sub-tables by strategy, the validators and the
+router a route names, and the store backend. Every problem is collected, each with its file and
+line, and reported at once; ``turnout config check`` runs the same check as ``turnout serve``.
 
 Every model is validated with a pydantic validation context (``info.context`` in a validator)
 holding ``models`` and ``routes``, the configured names, so a setting naming a model or route can
-be checked; what a route owns (its plugins' keys, its strategy's sub-table, its validators) also
-gets ``route`` (its name) and ``strategy`` (the strategy it names). Each validation gets a fresh
-context dict. A route without ``models`` is a problem unless its strategy declares
+be checked; what a route owns (its plugins' keys, its strategy's sub-table, its validators, its
+router) also gets ``route`` (its name) and ``strategy`` (the strategy it names). Each validation
+gets a fresh context dict. A route without ``models`` is a problem unless its strategy declares
 ``needs_models = False``.
 """
 
@@ -44,6 +44,8 @@ class Wiring:
     """(route, plugin) -> the plugin's keys of that route (its ``RouteSettings``), validated."""
     validators: dict[str, list[tuple[str, BaseModel | None]]] = field(default_factory=dict)
     """Route -> the validators it lists, in order: (registered name, its validated settings)."""
+    routers: dict[str, tuple[str, BaseModel | None]] = field(default_factory=dict)
+    """Route -> its router: (registered name, its validated settings, None without a model)."""
     route_models: dict[str, type[BaseModel]] = field(default_factory=dict)
     """Plugin -> the ``RouteSettings`` model it declares."""
     store: BaseModel | None = None
@@ -141,6 +143,8 @@ def wire(kernel: Kernel) -> Wiring:
         if route.validators is not None:
             out.validators[name] = _route_validators(validators, name, route.validators,
                                                      routed, out.problems)
+        if route.router is not None:
+            _route_router(kernel.routers, name, route.router, routed, out)
         for key, raw in (route.model_extra or {}).items():
             if key in route_keys:
                 owned[route_keys[key]][key] = raw
@@ -202,6 +206,32 @@ def _route_validators(validators: Any, route: str, entries: list, validate: Call
         if kept:
             found.append((kind, kept[0] if registered.settings is not None else None))
     return found
+
+
+def _route_router(routers: Any, route: str, entry: str | dict[str, Any], validate: Callable,
+                  out: Wiring) -> None:
+    """A route's ``router``: a registered name, or a table ``{ kind = "<name>", ...}`` validated
+    by the settings model the router was registered with."""
+    where = ("routes", route, "router")
+    raw: dict[str, Any] = {}
+    if isinstance(entry, str):
+        kind = entry
+    else:
+        raw = dict(entry)
+        kind = raw.pop("kind", None)
+        if not isinstance(kind, str):
+            out.problems.append(((*where, "kind"), "a router table needs kind = \"<name>\"; "
+                                 f"registered: {routers.known()}"))
+            return
+    registered = routers.get(kind)
+    if registered is None:
+        out.problems.append(((*where, "kind") if raw or not isinstance(entry, str) else where,
+                             f"unknown router {kind!r}; registered: {routers.known()} (is the "
+                             "plugin that provides it installed and loaded?)"))
+        return
+    model = registered.settings or NoSettings
+    validate(model, raw, where, lambda v: out.routers.__setitem__(
+        route, (kind, v if registered.settings is not None else None)))
 
 
 def _register_secrets(settings: BaseModel) -> None:

@@ -228,3 +228,26 @@ def test_stats_reads_record_path_without_provider_secrets(
     err = capsys.readouterr().err
     assert "UNSET_PROVIDER_KEY" not in err
     assert "no requests have been recorded at" in err and "none.db" in err
+
+
+def test_a_rule_on_a_renamed_task_says_what_to_write_instead() -> None:
+    text = """\
+[providers.p]
+kind = "simulated"
+
+[models.m]
+provider = "p"
+
+[routes.r]
+models = ["m"]
+
+[[routing.rules]]
+when = { task = "translate" }
+route = "r"
+"""
+    with pytest.raises(ConfigError) as caught:
+        config.parse_text(text, source="gateway.toml")
+    assert "gateway.toml:" in str(caught.value) and "routing.rules[0].when" in str(caught.value)
+    assert "task 'translate' is no longer a task type: write 'translation'" in str(caught.value)
+    with pytest.raises(ConfigError, match="needs_tools"):
+        config.parse_text(text.replace('"translate"', '["tools", "code"]'), source="gateway.toml")

@@ -107,13 +107,16 @@ def test_readme_quick_start_runs_as_written(tmp_path: Path) -> None:
 
 
 def test_route_explain_prints_the_decision(tmp_path: Path) -> None:
-    proc = turnout("route", "--explain",
-                   "Prove step by step that there are infinitely many primes, and analyze why.",
-                   cwd=tmp_path)
+    prompt = "Prove step by step that there are infinitely many primes, and analyze why."
+    proc = turnout("route", "--explain", prompt, "--json", cwd=tmp_path)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert '"route": "strong"' in out and '"rule": "hard prompts go strong"' in out
     assert '"estimated_cost_usd"' in out and '"complexity"' in out
+    proc = turnout("route", "--explain", prompt, cwd=tmp_path)  # for people: text
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "strong" in out and "hard prompts go strong" in out and "{" not in out.splitlines()[0]
 
 
 def test_cli_errors_are_readable(tmp_path: Path) -> None:
