@@ -45,11 +45,13 @@ class Upstream:
         self.parts = list(parts or ANSWER)
         self.delay, self.first = delay, first
         self.asked: list[tuple[str, list[tuple[str, str]]]] = []
+        self.headers: list[dict[str, str]] = []
 
     @hookimpl
     def call(self, ctx, step):
         self.asked.append((step.model.name,
                            [(m.role, m.content) for m in ctx.request.messages]))
+        self.headers.append(dict(ctx.headers))
         if not ctx.request.stream:
             return Completion(content="".join(self.parts), usage=Usage(12, len(self.parts)))
         return self._stream()

@@ -190,6 +190,9 @@ def test_a_threads_second_turn_carries_the_first(tmp_path: Path, slack) -> None:
         slack.finished("D0DM", first["ts"], count=2)
     assert upstream.asked[1][1] == [("user", "Capital of France?"), ("assistant", "Paris."),
                                     ("user", "And its population?")]
+    # Both turns are one conversation (what experiments keyed on conversations go by).
+    conversations = {h["x-turnout-conversation"] for h in upstream.headers}
+    assert conversations == {f"slack:D0DM:{first['ts']}"}
     status = slack.of("assistant.threads.setStatus")
     assert status and status[0].params["thread_ts"] == first["ts"]
     assert status[0].params["status"] == "is thinking\u2026"

@@ -340,17 +340,20 @@ class Chat:
         request_id = new_request_id()
         where = Where(question.channel, question.thread_ts, question.user_team, question.user)
         reply = Reply(self.client, where, stream=self.settings.stream)
+        # The thread is the conversation (experiments keyed on it keep it on one arm).
+        headers = {"x-turnout-conversation": f"slack:{question.channel}:{question.thread_ts}"}
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
                 if not self.settings.stream:
                     answer: Answer = await self.kernel.ask(
-                        request, caller=caller, client=caller.key or "slack",
+                        request, caller=caller, headers=headers, client=caller.key or "slack",
                         request_id=request_id)
                     await reply.whole(answer.content or "", answer)
                     await self._keep(question, messages, answer)
                     return Said(answer.content, answer)
                 stream = await self.kernel.ask_stream(
-                    request, caller=caller, client=caller.key or "slack", request_id=request_id)
+                    request, caller=caller, headers=headers, client=caller.key or "slack",
+                    request_id=request_id)
             except TurnoutError as exc:
                 log.info("slack_request_refused", error=exc.code)
                 await self._notice(question, exc.message)
