@@ -15,4 +15,6 @@ setup(
         for name in (root, *(f"{root}.{sub}" for sub in find_packages(root)))
     ],
     package_dir={f"turnout.{root}": root for root in ROOTS},
+    # Data files inside packages: the learned router's shipped model.
+    package_data={"turnout.plugins.learned": ["*.json"]},
 )

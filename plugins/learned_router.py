@@ -1,0 +1,122 @@
+"""The ``learned`` router: predicts, per prompt, whether the cheaper model's answer will be as
+good as the stronger one's, and sends the prompt to the strong model only when it will not.
+
+A route names it with ``router = "learned"`` or ``router = { kind = "learned", model_path =
+"...", target_strong_share = 0.3 }``. Convention: the route's ``models`` list the weak (cheap)
+model first and the strong one last. The router scores the last user message with the model
+file (a logistic regression over subject-agnostic features, see
+:mod:`turnout.plugins.learned.features`): P(strong needed), the chance that the weak model is
+wrong where the strong one is right. At or above the threshold the strong model goes first,
+else the candidates keep their order (weak first); the others stay behind as fallbacks.
+
+The decision record (``decision["router"]``) carries the prediction, the threshold, a few named
+features and the whole feature vector, which ``turnout router retrain`` learns from (prompts are
+never recorded). The plugin registers ``turnout router train|eval|retrain``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from turnout.kernel.hookspecs import hookimpl
+from turnout.kernel.types import Context, ModelProfile, Ranking
+
+from .learned import features as feats
+from .learned import store
+
+SHOWN = ("log_tokens", "options", "digit_share", "compute_cues", "reasoning_cues", "difficulty")
+"""The features named in the decision record (the whole vector is recorded too)."""
+
+
+class LearnedSettings(BaseModel):
+    """The ``learned`` router's table: ``router = { kind = "learned", ... }``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_path: str | None = Field(default=None, description="The model file (JSON) written by "
+                                   "`turnout router train` or `retrain`; default: the model shipped "
+                                   "with Turnout, trained on per-prompt outcomes of two models on "
+                                   "MMLU. Read at start-up and again when the file changes.")
+    threshold: float | None = Field(default=None, ge=0, le=1, description="Send the prompt to the "
+                                    "strong model first when P(strong needed) is at or above this. "
+                                    "Default: the threshold the model was calibrated to.")
+    target_strong_share: float | None = Field(default=None, ge=0, le=1, description="Instead of a "
+                                              "threshold: the share of prompts to send to the strong "
+                                              "model, turned into a threshold by the score "
+                                              "distribution of the model's training prompts.")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "LearnedSettings":
+        if self.threshold is not None and self.target_strong_share is not None:
+            raise ValueError("set threshold or target_strong_share, not both")
+        return self
+
+    @field_validator("model_path")
+    @classmethod
+    def _loads(cls, value: str | None) -> str | None:
+        store.load(value)    # a missing or bad file fails the config check, with what to do
+        return value
+
+    def resolved_threshold(self) -> float:
+        """The threshold in force: set, from the target share, or the model's own."""
+        model = store.load(self.model_path)
+        if self.threshold is not None:
+            return self.threshold
+        if self.target_strong_share is not None:
+            return model.threshold_for_share(self.target_strong_share)
+        return model.threshold
+
+
+DEFAULTS = LearnedSettings()
+
+
+def prompt_of(ctx: Context) -> str:
+    """The text the router scores: the last user message."""
+    return next((m.text() for m in reversed(ctx.request.messages) if m.role == "user"), "")
+
+
+def learned(ctx: Context, candidates: list[ModelProfile],
+            settings: LearnedSettings | None = None) -> Ranking | None:
+    """Rank the route's candidates (weak first, strong last) by P(strong needed)."""
+    if len(candidates) < 2:
+        return None
+    settings = settings or DEFAULTS
+    model = store.load(settings.model_path)
+    threshold = settings.resolved_threshold()
+    vector = feats.features(prompt_of(ctx), ctx.labels.get("difficulty"))
+    p = model.predict_vector(vector)
+    weak, strong = candidates[0], candidates[-1]
+    if p >= threshold:
+        order = [strong, *candidates[:-1]]
+        reason = f"P(strong needed) {p:.3f} >= {threshold:.3f}: {strong.name} first"
+    else:
+        order = list(candidates)
+        reason = f"P(strong needed) {p:.3f} < {threshold:.3f}: {weak.name} first"
+    named = dict(zip(feats.NAMES, vector))
+    details: dict[str, Any] = {
+        "prediction": round(p, 4), "threshold": round(threshold, 4),
+        "weak": weak.name, "strong": strong.name,
+        "features": {name: round(named[name], 4) for name in SHOWN},
+        "vector": [round(v, 5) for v in vector],
+    }
+    return Ranking(models=order, reason=reason, scores={weak.name: round(1 - p, 4),
+                                                        strong.name: round(p, 4)}, details=details)
+
+
+class LearnedRouter:
+    """Registers the ``learned`` router and the ``turnout router`` command."""
+
+    @hookimpl
+    def register_routers(self, register) -> None:
+        """``learned``."""
+        register("learned", learned, settings=LearnedSettings)
+
+    @hookimpl
+    def register_commands(self, register) -> None:
+        """``turnout router train|eval|retrain``."""
+        from .learned import cli
+
+        register("router", cli.run, help="train, evaluate and retrain the learned router",
+                 arguments=cli.arguments)
