@@ -79,17 +79,21 @@ def prompt_of(ctx: Context) -> str:
 
 def learned(ctx: Context, candidates: list[ModelProfile],
             settings: LearnedSettings | None = None) -> Ranking | None:
-    """Rank the route's candidates (weak first, strong last) by P(strong needed)."""
-    if len(candidates) < 2:
+    """Rank the route's candidates (weak first, strong last) by P(strong needed). A model
+    served by several deployments appears once per deployment; they move together."""
+    names = list(dict.fromkeys(c.name for c in candidates))
+    if len(names) < 2:
         return None
     settings = settings or DEFAULTS
     model = store.load(settings.model_path)
     threshold = settings.resolved_threshold()
     vector = feats.features(prompt_of(ctx), ctx.labels.get("difficulty"))
     p = model.predict_vector(vector)
-    weak, strong = candidates[0], candidates[-1]
+    weak, strong = next(c for c in candidates if c.name == names[0]), \
+        next(c for c in candidates if c.name == names[-1])
     if p >= threshold:
-        order = [strong, *candidates[:-1]]
+        order = [c for c in candidates if c.name == strong.name] + \
+            [c for c in candidates if c.name != strong.name]
         reason = f"P(strong needed) {p:.3f} >= {threshold:.3f}: {strong.name} first"
     else:
         order = list(candidates)

@@ -161,6 +161,26 @@ def test_the_shipped_model_sends_a_hard_prompt_to_the_strong_model_and_an_easy_o
     assert model.predict(HARD) >= model.threshold > model.predict(EASY)
 
 
+def test_a_models_deployments_move_together() -> None:
+    from dataclasses import replace
+
+    from turnout.kernel.request import ChatRequest
+    from turnout.kernel.types import Context, ModelProfile
+    from turnout.plugins.learned_router import learned
+
+    weak, strong = ModelProfile("weak", "p", "weak"), ModelProfile("strong", "p", "strong")
+    deployed = [replace(weak, deployment="weak@a"), replace(weak, deployment="weak@b"),
+                replace(strong, deployment="strong@a"), replace(strong, deployment="strong@b")]
+    hard = learned(Context(request=ChatRequest(model="r", messages=[
+        {"role": "user", "content": HARD}])), deployed)
+    assert [m.deployment for m in hard.models] == ["strong@a", "strong@b", "weak@a", "weak@b"]
+    easy = learned(Context(request=ChatRequest(model="r", messages=[
+        {"role": "user", "content": EASY}])), deployed)
+    assert [m.deployment for m in easy.models] == ["weak@a", "weak@b", "strong@a", "strong@b"]
+    assert learned(Context(request=ChatRequest(model="r", messages=[
+        {"role": "user", "content": HARD}])), deployed[2:]) is None  # one model: nothing to pick
+
+
 # --- CSVs and the command ----------------------------------------------------------------------
 
 def write_csv(path: Path, rows: list[tuple[str, bool, bool]]) -> None:
