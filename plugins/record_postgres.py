@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -351,13 +353,11 @@ FEEDBACK_QUERY = ("SELECT r.model, r.provider, f.score FROM feedback f "
 the request is not recorded)."""
 
 
-def read_rows(dsn: str, schema: str,
-              since: float | None) -> tuple[list[tuple], list[tuple], list[tuple]]:
-    """The top-level requests and every attempt created at or after ``since``, and every score
-    given since then with its request's model, in one snapshot: what
-    :func:`turnout.plugins.stats.summarize_rows` needs. ConfigError when the server cannot be
-    reached or holds no record in ``schema``."""
-    window = [since if since is not None else float("-inf")]
+@contextmanager
+def snapshot(dsn: str, schema: str) -> Iterator[psycopg.Connection]:
+    """A read-only connection to the record in ``schema``, every query in one repeatable-read
+    snapshot: for commands that read the record while gateways write it. ConfigError when the
+    server cannot be reached or holds no record in ``schema``."""
     try:
         conn = connect(dsn, schema)
     except psycopg.OperationalError as exc:
@@ -373,12 +373,22 @@ def read_rows(dsn: str, schema: str,
                 'record tables). Start the gateway with [record] backend = "postgres" and this '
                 "dsn, or point at another with --dsn DSN and --schema NAME (or record.dsn and "
                 "record.schema in the config).")
+        yield conn
+        conn.rollback()
+    finally:
+        conn.close()
+
+
+def read_rows(dsn: str, schema: str,
+              since: float | None) -> tuple[list[tuple], list[tuple], list[tuple]]:
+    """The top-level requests and every attempt created at or after ``since``, and every score
+    given since then with its request's model, in one snapshot: what
+    :func:`turnout.plugins.stats.summarize_rows` needs."""
+    window = [since if since is not None else float("-inf")]
+    with snapshot(dsn, schema) as conn:
         requests = conn.execute(f"SELECT {REQUEST_FIELDS} FROM requests "
                                 "WHERE created_at >= %s AND parent_id IS NULL", window).fetchall()
         attempts = conn.execute(f"SELECT {ATTEMPT_FIELDS} FROM attempts WHERE created_at >= %s",
                                 window).fetchall()
         feedback = conn.execute(FEEDBACK_QUERY, window).fetchall()
-        conn.rollback()
-    finally:
-        conn.close()
     return requests, attempts, feedback

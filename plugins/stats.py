@@ -308,6 +308,19 @@ def run(args: argparse.Namespace) -> int:
     """``turnout stats``: print the summary of the request log: ``--db`` or ``--dsn`` if given,
     else the one the config's ``[record]`` names."""
     since = time.time() - parse_age(args.since) if args.since else None
+    path, dsn, schema = record_location(args)
+    if dsn is not None:
+        summary = summarize_postgres(dsn, schema, since=since)
+    else:
+        summary = summarize(path, since=since)
+    print(json.dumps(summary, indent=2) if args.json else render_stats(summary))
+    return 0
+
+
+def record_location(args: argparse.Namespace) -> tuple[str | None, str | None, str]:
+    """Where a command reads the record: ``(path, None, "")`` for SQLite or ``(None, dsn,
+    schema)`` for PostgreSQL, from ``--db``, or ``--dsn`` and ``--schema``, else the config's
+    ``[record]`` (``--config``, ``TURNOUT_CONFIG``, the embedded defaults)."""
     path, dsn, schema = args.db, getattr(args, "dsn", None), getattr(args, "schema", None)
     if path is None and dsn is None:
         settings = _record_settings(args.config)
@@ -317,12 +330,7 @@ def run(args: argparse.Namespace) -> int:
             path = settings.path
     elif dsn is not None:
         dsn = _checked_dsn(dsn)
-    if dsn is not None:
-        summary = summarize_postgres(dsn, schema or "public", since=since)
-    else:
-        summary = summarize(path, since=since)
-    print(json.dumps(summary, indent=2) if args.json else render_stats(summary))
-    return 0
+    return (None, dsn, schema or "public") if dsn is not None else (path, None, "")
 
 
 def _record_settings(config_path: str | None) -> Any:

@@ -85,23 +85,10 @@ def read_sqlite(path: str, since: float | None) -> tuple[list[Row], list[tuple[s
 def read_postgres(dsn: str, schema: str,
                   since: float | None) -> tuple[list[Row], list[tuple[str, float]]]:
     """:func:`read_sqlite` from a PostgreSQL record (``record.backend = "postgres"``)."""
-    import psycopg
-
-    from turnout.plugins.record_postgres import connect, masked, unreachable
+    from turnout.plugins.record_postgres import snapshot
 
     window = [since if since is not None else float("-inf")]
-    try:
-        conn = connect(dsn, schema)
-    except psycopg.OperationalError as exc:
-        raise unreachable(dsn, exc) from None
-    try:
-        conn.autocommit = False
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        conn.read_only = True
-        if conn.execute("SELECT to_regclass('requests') IS NOT NULL").fetchone()[0] is not True:
-            raise ConfigError(f"no requests have been recorded in schema {schema!r} at "
-                              f"{masked(dsn)} yet (no record tables); point at the gateway's "
-                              "record with --dsn DSN and --schema NAME")
+    with snapshot(dsn, schema) as conn:
         rows = conn.execute(
             "SELECT request_id, status, cost_usd, latency_ms, decision->'experiment', "
             "decision->'attempts' FROM requests WHERE created_at >= %s AND parent_id IS NULL "
@@ -111,9 +98,6 @@ def read_postgres(dsn: str, schema: str,
             "ON r.request_id = f.request_id WHERE r.created_at >= %s AND r.parent_id IS NULL "
             "AND r.decision->'experiment'->>'name' IS NOT NULL AND f.score IS NOT NULL",
             window).fetchall()
-        conn.rollback()
-    finally:
-        conn.close()
     return rows, scores
 
 

@@ -108,7 +108,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """``turnout experiments report``: read the record the config's ``[record]`` names (or
     ``--db`` / ``--dsn``) and print each experiment's arms and verdict."""
-    from turnout.plugins.stats import _checked_dsn, _record_settings, parse_age
+    from turnout.plugins.stats import parse_age, record_location
 
     if getattr(args, "experiments_command", None) != "report":
         args.experiments_parser.print_help()
@@ -118,20 +118,12 @@ def run(args: argparse.Namespace) -> int:
 
         raise BadRequest("--min-n must be at least 1")
     since = time.time() - parse_age(args.since) if args.since else None
-    path, dsn, schema = args.db, args.dsn, args.schema
-    order = _arm_order(args.config) if args.config or (path is None and dsn is None) else {}
-    if path is None and dsn is None:
-        settings = _record_settings(args.config)
-        if settings.backend == "postgres":
-            dsn, schema = settings.dsn, schema or settings.schema
-        else:
-            path = settings.path
-    elif dsn is not None:
-        dsn = _checked_dsn(dsn)
+    order = _arm_order(args.config) if args.config or (args.db is None and args.dsn is None) \
+        else {}
+    path, dsn, schema = record_location(args)
     if dsn is not None:
         from turnout.plugins.record_postgres import masked
 
-        schema = schema or "public"
         rows, scores = read_postgres(dsn, schema, since)
         where = f"{masked(dsn)} (schema {schema})"
     else:
