@@ -81,6 +81,7 @@ BUILTINS = {
     "learned_router": "turnout.plugins.learned_router:LearnedRouter",
     "health": "turnout.plugins.health:Health",
     "experiments": "turnout.plugins.experiments:Experiments",
+    "spend_report": "turnout.plugins.spend_report:SpendReport",
     "fit": "turnout.plugins.fit",
     "fallback": "turnout.plugins.fallback:Fallback",
     "cascade": "turnout.plugins.cascade",

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from turnout.kernel import config as config_module
 from turnout.kernel.errors import BadRequest, ConfigError
 
@@ -331,6 +333,17 @@ def record_location(args: argparse.Namespace) -> tuple[str | None, str | None, s
     elif dsn is not None:
         dsn = _checked_dsn(dsn)
     return (None, dsn, schema or "public") if dsn is not None else (path, None, "")
+
+
+def json_column(value: Any) -> Any:
+    """A JSON column as read: SQLite gives text, PostgreSQL decoded values (None when the text
+    is not JSON)."""
+    if isinstance(value, (str, bytes)):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return None
+    return value
 
 
 def _record_settings(config_path: str | None) -> Any:

@@ -32,9 +32,8 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-import orjson
-
 from turnout.kernel.errors import ConfigError
+from turnout.plugins.stats import json_column as _json
 
 from .stats import Sample, n_for_means, n_for_proportions, two_proportion_p, welch_p, wilson
 
@@ -100,15 +99,6 @@ def read_postgres(dsn: str, schema: str,
             window).fetchall()
     return rows, scores
 
-
-def _json(value: Any) -> Any:
-    """A JSON column as read: SQLite gives text, PostgreSQL decoded values."""
-    if isinstance(value, (str, bytes)):
-        try:
-            return orjson.loads(value)
-        except orjson.JSONDecodeError:
-            return None
-    return value
 
 
 # --- figures -----------------------------------------------------------------------------------
