@@ -386,8 +386,11 @@ HTTP_CONFIG = {
         "tiered": {"models": ["big", "mid", "tiny"],
                    "router": {"kind": "cost_tiers", "min_quality": 0.7}},
         "plain": {"models": ["big", "mid", "tiny"]},
+        "scored": {"models": ["big", "mid", "tiny"],
+                   "router": {"kind": "score", "quality": 1.0, "price": 1.0, "latency": 0.0}},
     },
-    "routing": {"tasks": {"code": "tiered"}, "default": "plain"},
+    "routing": {"tasks": {"code": "tiered"}, "default": "plain",
+                "difficulty": [{"below": 0.2, "route": "scored"}, {"route": "plain"}]},
 }
 CODE = "Fix the bug in this Python function:\n```python\ndef add(a, b):\n    return a - b\n```"
 
@@ -434,6 +437,25 @@ def test_http_cost_tiers_answers_with_the_cheapest_model_over_the_floor(gateway,
         model="plain", messages=[{"role": "user", "content": CODE}])
     assert plain.headers["x-turnout-model"] == "big"  # no router: the listed order
     assert "router" not in decision_of(gateway, plain.headers["x-request-id"])
+
+
+def test_http_easy_prompts_step_to_the_score_router_which_weighs_price(gateway, fake) -> None:
+    raw = gateway.client(timeout=10).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "hi there"}])
+    decision = decision_of(gateway, raw.headers["x-request-id"])
+    assert decision["labels"]["difficulty"] < 0.2 and decision["rule"].startswith("difficulty")
+    assert raw.headers["x-turnout-route"] == "scored"
+    scores = decision["router"]["scores"]
+    # Price weighs as much as quality: the cheapest model's edge in price beats big's quality.
+    assert max(scores, key=scores.get) == "tiny" == raw.headers["x-turnout-model"]
+    assert decision["plan"] == sorted(scores, key=lambda m: -scores[m])
+    assert raw.parse().choices[0].message.content == "tiny says hi"
+    hard = gateway.client(timeout=10).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "Design a distributed architecture, "
+                                 "analyze the trade-offs, compare options, step by step, and "
+                                 "explain why."}])
+    assert hard.headers["x-turnout-route"] == "plain"  # past the step: the default's order
+    assert hard.headers["x-turnout-model"] == "big"
 
 
 # --- turnout route --explain -----------------------------------------------------------------------
