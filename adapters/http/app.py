@@ -32,6 +32,7 @@ from turnout.kernel.errors import (
     RateLimited,
     RequestTimeout,
     TurnoutError,
+    UnknownModel,
     UnsupportedMediaType,
     clip,
 )
@@ -39,7 +40,9 @@ from turnout.kernel.kernel import AUTO, AnswerStream, Kernel
 from turnout.kernel.types import Answer, Caller, ChatRequest, new_request_id
 
 from .auth import KeyRing
+from .messages import MessagesAPI
 from .parse import parse_request
+from .responses import ResponsesAPI
 from .wire import ChunkFramer, completion_json, error_bytes
 
 log = structlog.get_logger("turnout.http")
@@ -227,12 +230,30 @@ class Gateway:
             await self.authenticate(http)
         except TurnoutError as exc:
             return error_response(exc)
+        return JSONResponse({"object": "list", "data": self.model_cards()})
+
+    def model_cards(self) -> list[dict]:
+        """What ``/v1/models`` lists: ``auto``, every route and every model, in OpenAI's shape."""
         data = [{"id": AUTO, "object": "model", "created": 0, "owned_by": "turnout"}]
         data += [{"id": name, "object": "model", "created": 0, "owned_by": "turnout"}
                  for name in self.kernel.config.routes]
         data += [{"id": m.name, "object": "model", "created": 0, "owned_by": m.provider}
                  for m in self.kernel.models]
-        return JSONResponse({"object": "list", "data": data})
+        return data
+
+    async def model(self, http: Request) -> Response:
+        """``GET /v1/models/{id}``: one entry of the list; an unknown id is a 404 in OpenAI's
+        shape (``model_not_found``)."""
+        name = http.path_params["model_id"]
+        try:
+            await self.authenticate(http)
+            card = next((c for c in self.model_cards() if c["id"] == name), None)
+            if card is None:
+                raise UnknownModel(f"The model '{clip(name)}' does not exist; GET /v1/models "
+                                   "lists the models, routes and 'auto'.", param="model")
+        except TurnoutError as exc:
+            return error_response(exc)
+        return JSONResponse(card)
 
     FEEDBACK_FIELDS = frozenset({"request_id", "score", "comment", "user", "source"})
     """What a ``POST /v1/feedback`` body may hold."""
@@ -291,8 +312,8 @@ class Gateway:
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     if exc.status_code == 404:
         return error_response(NotFound(f"No endpoint {request.method} {request.url.path}; "
-                                       "the API serves /v1/chat/completions, /v1/models and "
-                                       "/v1/feedback."))
+                                       "the API serves /v1/chat/completions, /v1/responses, "
+                                       "/v1/messages, /v1/models and /v1/feedback."))
     error = TurnoutError(str(exc.detail))
     error.status, error.type, error.code = exc.status_code, "invalid_request_error", "http_error"
     return error_response(error)
@@ -323,6 +344,10 @@ def create_app(kernel: Kernel, *, manage_kernel: bool = True) -> Starlette:
         Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
         Route("/chat/completions", gateway.chat_completions, methods=["POST"]),
         Route("/v1/models", gateway.models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", gateway.model, methods=["GET"]),
+        Route("/v1/responses", ResponsesAPI(gateway).create, methods=["POST"]),
+        Route("/v1/messages", MessagesAPI(gateway).create, methods=["POST"]),
+        Route("/v1/messages/count_tokens", MessagesAPI(gateway).count_tokens, methods=["POST"]),
         Route("/v1/feedback", gateway.feedback, methods=["POST"]),
         Route("/healthz", gateway.healthz, methods=["GET"]),
         Route("/readyz", gateway.readyz, methods=["GET"]),
