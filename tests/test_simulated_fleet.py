@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import enum
 import json
 import socket
 import statistics
 import time
+import typing
 
 import httpx
 import jsonschema
 import openai
+import pydantic
 import pytest
 
 from turnout.adapters.simulated import Fleet, Simulation
 from turnout.kernel import tokens
 from turnout.kernel.types import ChatRequest
+from turnout.plugins import critic, ensemble, llm_classifier, validators
+
+from .gateway import running_gateway
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -332,3 +339,211 @@ def test_busy_port_raises_a_clear_error():
         taken = Simulation.model_validate({"port": port, "models": {"sim-fast": {}}})
         with pytest.raises(RuntimeError, match=f"cannot listen on 127.0.0.1:{port}"):
             Fleet(taken).start()
+
+
+# --- structured answers through the gateway -----------------------------------------------------
+
+class Address(pydantic.BaseModel):
+    city: str
+    postcode: str = pydantic.Field(pattern=r"^[0-9]{4}$")
+    country: str | None = None
+
+
+class Colour(str, enum.Enum):
+    red = "red"
+    blue = "blue"
+
+
+class Person(pydantic.BaseModel):
+    name: str = pydantic.Field(min_length=2, max_length=40)
+    age: int = pydantic.Field(ge=18, le=99)
+    email: str
+    favourite: Colour
+    home: Address
+    past: list[Address] = pydantic.Field(min_length=2)
+    born: datetime.date
+    kind: typing.Literal["customer", "staff"]
+
+
+NESTED = {"type": "object", "additionalProperties": False,
+          "required": ["title", "rating", "tags", "status", "author", "links", "id"],
+          "properties": {
+              "title": {"type": "string", "minLength": 5, "maxLength": 30},
+              "rating": {"type": "number", "exclusiveMinimum": 0, "maximum": 5, "multipleOf": 0.5},
+              "tags": {"type": "array", "items": {"type": "string"}, "minItems": 3,
+                       "maxItems": 4, "uniqueItems": True},
+              "status": {"enum": ["draft", "published"]},
+              "author": {"$ref": "#/$defs/author"},
+              "links": {"type": "array", "items": {"type": "string", "format": "uri"}},
+              "id": {"type": "string", "format": "uuid"},
+              "note": {"anyOf": [{"type": "null"}, {"type": "integer", "minimum": 3}]}},
+          "$defs": {"author": {"type": "object", "required": ["email", "joined"],
+                               "additionalProperties": False,
+                               "properties": {"email": {"type": "string", "format": "email"},
+                                              "joined": {"type": "string", "format": "date"},
+                                              "code": {"type": "string",
+                                                       "pattern": "^[A-Z]{3}-[0-9]{2}$"}}}}}
+
+FLEET = {"sim-good": {"latency_ms": 1, "jitter": 0, "quality": 1.0},
+         "sim-bad": {"latency_ms": 1, "jitter": 0, "quality": 0.0},
+         "sim-writer": {"latency_ms": 1, "jitter": 0, "quality": 1.0},
+         "sim-critic": {"latency_ms": 1, "jitter": 0, "quality": 1.0}}
+
+
+def _validate(value, schema) -> None:
+    jsonschema.validate(value, schema, format_checker=jsonschema.FormatChecker())
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory):
+    config = {
+        "providers": {"fleet": {"kind": "simulated"}},
+        "simulation": {"models": FLEET, "seed": 5},
+        "models": {name: {"provider": "fleet", "input_price": 1.0, "output_price": 2.0}
+                   for name in FLEET},
+        "routes": {
+            "reviewed": {"models": ["sim-writer"], "strategy": "critic",
+                         "critic": {"model": "sim-critic", "min_score": 8, "max_rounds": 3}},
+            "json-cascade": {"models": ["sim-bad", "sim-good"], "strategy": "cascade",
+                             "validators": ["json"]}},
+        "routing": {"default": "reviewed"},
+    }
+    with running_gateway(config, tmp_path_factory.mktemp("simulated")) as gw:
+        yield gw
+
+
+def _schema_format(name: str, schema: dict) -> dict:
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
+
+
+def test_json_schema_answers_validate_nested_enums_arrays_refs_and_formats(gateway):
+    client = gateway.client()
+    person = Person.model_json_schema()
+    for name, schema in (("nested", NESTED), ("person", person)):
+        answer = client.chat.completions.create(
+            model="sim-good", messages=[{"role": "user", "content": "Describe Ada Lovelace, "
+                                         "a mathematician from London."}],
+            response_format=_schema_format(name, schema))
+        value = json.loads(answer.choices[0].message.content)
+        _validate(value, schema)
+    assert Person.model_validate(value).home.city  # the last one: the pydantic model's schema
+    assert value["name"] in {"Lovelace", "London", "Ada"} or "Ada" in value["name"]
+
+
+def test_poor_model_leaves_out_a_required_field_and_a_cascade_escalates(gateway, client):
+    # straight to the fleet: the gateway's json validator would refuse the poor answer
+    ask = [{"role": "user", "content": "Describe a book about volcanoes."}]
+    poor = client.chat.completions.create(model="sim-poor", messages=ask,
+                                          response_format=_schema_format("book", NESTED))
+    value = json.loads(poor.choices[0].message.content)  # still JSON: only the schema is broken
+    assert len(set(NESTED["required"]) - set(value)) == 1
+    with pytest.raises(jsonschema.ValidationError, match="is a required property"):
+        _validate(value, NESTED)
+    again = client.chat.completions.create(model="sim-poor", messages=ask,
+                                           response_format=_schema_format("book", NESTED))
+    assert again.choices[0].message.content == poor.choices[0].message.content
+
+    raw = gateway.client().chat.completions.with_raw_response.create(
+        model="json-cascade", messages=ask, response_format=_schema_format("book", NESTED))
+    _validate(json.loads(raw.parse().choices[0].message.content), NESTED)
+    attempts = gateway.attempts(raw.headers["x-request-id"])
+    assert [a["model"] for a in attempts] == ["sim-bad", "sim-good"]
+
+
+def test_json_object_with_a_schema_in_the_system_prompt_validates(gateway):
+    # instructor's JSON mode: the schema is in the system message, response_format json_object
+    system = ("As a genius expert, your task is to understand the content and provide the parsed "
+              "objects in json that match the following json_schema:\n\n"
+              + json.dumps(Person.model_json_schema(), indent=2)
+              + "\n\nMake sure to return an instance of the JSON, not the schema itself")
+    messages = [{"role": "system", "content": system},
+                {"role": "user", "content": "Grace Hopper joined the navy and wrote compilers."}]
+    client = gateway.client()
+    good = client.chat.completions.create(model="sim-good", messages=messages,
+                                          response_format={"type": "json_object"})
+    person = Person.model_validate_json(good.choices[0].message.content)
+    assert person.name in {"Hopper", "Grace"}
+    poor = client.chat.completions.create(model="sim-bad", messages=messages,
+                                          response_format={"type": "json_object"})
+    json.loads(poor.choices[0].message.content)  # an object (json mode is met), missing a field
+    with pytest.raises(pydantic.ValidationError, match="Field required"):
+        Person.model_validate_json(poor.choices[0].message.content)
+    # LangChain's format instructions: a fenced schema in the user message, no response_format
+    fenced = client.chat.completions.create(model="sim-good", messages=[{
+        "role": "user", "content": "Tell me about Oslo.\nThe output should be formatted as a JSON "
+        "instance that conforms to the JSON schema below.\n```json\n"
+        + json.dumps(Address.model_json_schema()) + "\n```"}])
+    assert Address.model_validate_json(fenced.choices[0].message.content).city == "Oslo"
+
+
+def test_sdk_parse_returns_the_pydantic_object(gateway):
+    client = gateway.client()
+    parse = getattr(client.chat.completions, "parse", None) or client.beta.chat.completions.parse
+    completion = parse(model="sim-good", response_format=Person, messages=[
+        {"role": "user", "content": "Extract the person: Alan Turing, born in London."}])
+    person = completion.choices[0].message.parsed
+    assert isinstance(person, Person) and isinstance(person.home, Address)
+    assert len(person.past) >= 2 and 18 <= person.age <= 99
+
+
+def _ask(client, content: str, model: str = "sim-critic") -> str:
+    return client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": content}]).choices[0].message.content
+
+
+def test_verdict_prompts_of_the_plugins_get_json_they_can_read(gateway):
+    client = gateway.client()
+    question = "user: How do volcanoes form under the ocean floor?"
+    poor_draft = "[sim-bad] Hmm, volcanoes? Hard to say; maybe look it up."
+    good_draft = _ask(client, "How do volcanoes form under the ocean floor?", "sim-good")
+    scores = []
+    for draft in (poor_draft, good_draft):
+        text = _ask(client, critic.CRITIC_PROMPT.format(conversation=question, draft=draft))
+        score, feedback = critic.parse_verdict(text)
+        assert json.loads(text)["score"] == score and feedback
+        scores.append(score)
+    assert 1 <= scores[0] < scores[1] <= 10
+
+    judged = _ask(client, validators.JUDGE_PROMPT.format(rubric="Correct and complete.",
+                                                         question=question, answer=good_draft))
+    assert validators.parse_judgement(judged)[0] >= 5
+
+    answers = "\n\n".join(f"Answer {n}:\n{a}" for n, a in enumerate([poor_draft, good_draft], 1))
+    pick = _ask(client, ensemble.JUDGE_PROMPT.format(question=question, answers=answers, n=2))
+    assert ensemble.parse_pick(pick)[0] == 2
+    poor_pick = _ask(client, ensemble.JUDGE_PROMPT.format(question=question, answers=answers, n=2),
+                     "sim-bad")
+    assert ensemble.parse_pick(poor_pick)[0] == 1  # a weak judge visibly picks worse
+
+    for message, task in (("Write a Python function that reverses a linked list", "code"),
+                          ("Translate 'good morning' into French", "translation"),
+                          ("Prove that the square root of 2 is irrational", "math")):
+        verdict = llm_classifier.parse_verdict(_ask(client, llm_classifier.prompt_for(message)))
+        assert verdict is not None and verdict["task"] == task
+
+
+def test_a_critic_route_revises_and_records_scores(gateway):
+    client = gateway.client()
+    ask = [{"role": "user", "content": "This change drops a table."}]
+    raw = client.chat.completions.with_raw_response.create(model="reviewed", messages=ask)
+    answer = raw.parse().choices[0].message.content
+    rounds = int(raw.headers["x-turnout-critic-rounds"])
+    assert rounds > 1
+    row = next(r for r in gateway.rows() if r["request_id"] == raw.headers["x-request-id"])
+    record = json.loads(row["decision"])["critic"]
+    scores = [r["score"] for r in record["rounds"]]
+    assert len(scores) == rounds and all(isinstance(s, (int, float)) for s in scores)
+    assert scores[-1] > scores[0] and record["stopped"] != "critic_failed"
+    again = client.chat.completions.create(model="reviewed", messages=ask)
+    assert again.choices[0].message.content == answer
+
+
+def test_same_structured_prompt_same_answer(gateway):
+    client = gateway.client()
+    ask = [{"role": "user", "content": "Describe a book about glaciers."}]
+    answers = {client.chat.completions.create(
+        model="sim-good", messages=ask, response_format=_schema_format("book", NESTED))
+        .choices[0].message.content for _ in range(3)}
+    assert len(answers) == 1
+    prompt = critic.CRITIC_PROMPT.format(conversation="user: hi", draft="Hello! How can I help?")
+    assert len({_ask(client, prompt) for _ in range(3)}) == 1

@@ -11,6 +11,8 @@ Modules, one job each:
 - :mod:`.settings` -- the pydantic settings: :class:`Simulation` and its :class:`SimulatedModel` tiers.
 - :mod:`.dice` -- the random behaviour of a tier: one seeded draw per request (status, latency, quality).
 - :mod:`.answers` -- the content of an answer: text, JSON or a tool call built from the prompt.
+- :mod:`.schemas` -- an object of a JSON Schema (the request's, or one written in the prompt).
+- :mod:`.templates` -- a prompt's "reply with JSON" template filled in (judges, critics, classifiers).
 - :mod:`.server` -- the OpenAI-format HTTP API as a Starlette app (:func:`fleet_app`), with SSE streaming.
 - :mod:`.fleet` -- :class:`Fleet`, which serves the app with uvicorn on a background thread.
 """

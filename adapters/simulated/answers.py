@@ -1,9 +1,13 @@
 """The content of simulated answers: canned text, JSON or a tool call built from the prompt (no
-language model is involved), shaped by quality, ``stop`` and the output limit."""
+language model is involved), shaped by quality, ``stop`` and the output limit.
+
+JSON answers follow the request's schema (``json_schema``, or a schema written into a JSON-mode
+prompt; see :mod:`.schemas`) or the reply template a prompt spells out (judges, critics,
+classifiers; see :mod:`.templates`). A poor answer to a schema leaves out a required field, so a
+route's ``json`` validator has something to catch."""
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +16,9 @@ import orjson
 
 from turnout.kernel import tokens
 from turnout.kernel.types import ChatRequest
+
+from .schemas import Words, digest, instance, schema_in
+from .templates import fill, template_in
 
 # --- reading the prompt -----------------------------------------------------------------------
 
@@ -31,13 +38,20 @@ _LINE_OPTION = re.compile(r"^[ \t]*\(?([A-Ja-j])[.):][ \t]+(\S[^\n]*)$", re.M)
 _INLINE_OPTION = re.compile(r"\(([A-J])\)\s*([^()\n]+?)\s*(?=\([A-J]\)|$)", re.M)
 _CODE = re.compile(r"```|\bdef |\bclass |\bfunction\b|\bcode\b|\bscript\b|\bregex\b|\bSQL\b", re.I)
 _SUMMARY = re.compile(r"\bsummari[sz]e\b|\btl;?dr\b|\bsummary\b", re.I)
+_JSON_REPLY = re.compile(r"\b(?:reply|respond|answer|return|output|format\w*|give)\b[^.\n]{0,80}"
+                         r"\bJSON\b|\bJSON\s+(?:only|object|instance)\b", re.I)
+_FENCED = re.compile(r"```.*?(?:```|$)", re.S)
+_OBJECT = re.compile(r"\{.*\}", re.S)
+_NAME = re.compile(r"(?<=[\w,;:] )[A-Z][a-z][a-zA-Z-]*")
+_HEDGED = re.compile(r"hard to say|look it up", re.I)
+_REVISE = re.compile(r"\brevis|\brewrit|\bimprove|\bfeedback\b", re.I)
+_REVISION_WORDS = frozenset("reviewer scored said revised complete answer conversation addresses "
+                            "feedback reply remarks revision user see".split())
 _GENERIC_TOOL_WORDS = frozenset("get set list search fetch run do make create update delete find "
                                 "lookup look query call tool use read write send".split())
 
 
-def _digest(*parts: str) -> int:
-    """A stable hash (unlike ``hash``, the same in every process)."""
-    return int.from_bytes(hashlib.sha256("\x00".join(parts).encode()).digest()[:8], "big")
+_digest = digest
 
 
 def _clip(text: str, limit: int) -> str:
@@ -141,61 +155,107 @@ def _text(model: str, request: ChatRequest, good: bool) -> str:
             "No language model was called to write this.")
 
 
-def _instance(schema: Any, hints: dict[str, Any], default: Any, depth: int = 0) -> Any:
-    """A value matching a (simple) JSON schema, filled from ``hints`` by property name."""
-    if not isinstance(schema, dict) or depth > 8:
-        return default
-    if "const" in schema:
-        return schema["const"]
-    if schema.get("enum"):
-        return schema["enum"][0]
-    for key in ("anyOf", "oneOf", "allOf"):
-        if schema.get(key):
-            return _instance(schema[key][0], hints, default, depth + 1)
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind == "object" or (kind is None and "properties" in schema):
-        return {name: _instance(sub, hints, hints.get(name, default), depth + 1)
-                for name, sub in (schema.get("properties") or {}).items()}
-    if kind == "array":
-        count = max(1, int(schema.get("minItems", 1)))
-        if schema.get("maxItems") == 0:
-            return []
-        return [_instance(schema.get("items"), hints, default, depth + 1) for _ in range(count)]
-    if kind == "string":
-        text = default if isinstance(default, str) else str(default)
-        text = text[: schema["maxLength"]] if "maxLength" in schema else text
-        return text.ljust(int(schema.get("minLength", 0)), ".")
-    if kind in ("integer", "number"):
-        value = schema.get("minimum", schema.get("exclusiveMinimum", 0) + 1)
-        value = min(value, schema.get("maximum", value))
-        return int(value) if kind == "integer" else float(value)
-    if kind == "boolean":
-        return True
-    if kind == "null":
-        return None
-    return default
+def _words(model: str, prompt: str) -> Words:
+    """String material for structured answers: the prompt's names first, then its keywords."""
+    prose = _FENCED.sub(" ", prompt)
+    prose = _OBJECT.sub(" ", prose) if "{" in prose else prose
+    names = _NAME.findall(prose)
+    words = [*reversed(names), *_keywords(prose, 12)]
+    words = list(dict.fromkeys(words)) or ["example"]
+    sentence = f"Simulated answer about {_listing(_keywords(prompt))}."
+    return Words(words, sentence, f"{model}\x00{prompt}")
 
 
-def _json_text(model: str, request: ChatRequest, good: bool) -> str:
-    """A JSON object answer when good; a truncated, unparseable one when poor."""
+def _schema_of(request: ChatRequest) -> dict[str, Any] | None:
+    """The schema the answer must follow: ``json_schema``'s, else one written into a system or
+    user message of a JSON-mode request (the latest), as instructor and LangChain send it."""
+    spec = request.response_format or {}
+    if spec.get("type") == "json_schema":
+        return (spec.get("json_schema") or {}).get("schema") or None
+    for message in reversed(request.messages):
+        if message.role in ("system", "user", "developer"):
+            found = schema_in(message.text())
+            if found is not None:
+                return found
+    return None
+
+
+def _schema_answer(model: str, request: ChatRequest, schema: dict[str, Any], good: bool) -> str:
+    """An instance of ``schema``; a poor answer leaves out one required field (a stable pick),
+    or, when nothing is required, stops half-way."""
     prompt = _last_user(request)
+    options = _options(prompt)
+    hints = dict.fromkeys(("answer", "choice", "option", "letter"),
+                          _choice(prompt, options, True)[0]) if options else {}
+    value = instance(schema, _words(model, prompt), hints)
+    if not good:
+        required = [k for k in schema.get("required") or [] if isinstance(value, dict) and k in value]
+        if required:
+            del value[required[digest("drop", model, prompt) % len(required)]]
+        else:
+            text = orjson.dumps(value).decode()
+            return text[: max(1, len(text) // 2)]
+    return orjson.dumps(value).decode()
+
+
+def _asks_for(prompt: str) -> bool:
+    """Whether the prompt asks for its reply as JSON."""
+    return bool(_JSON_REPLY.search(prompt))
+
+
+def _json_text(model: str, request: ChatRequest, good: bool, quality: float) -> str:
+    """A JSON answer: an instance of the request's schema, a filled reply template, else a
+    generic object; poor answers are broken (see :func:`_schema_answer`) or cut short."""
+    schema = _schema_of(request)
+    if schema:
+        return _schema_answer(model, request, schema, good)
+    prompt = _last_user(request)
+    template = template_in(prompt)
+    if template is not None:
+        return orjson.dumps(fill(template[0], prompt, template[1], model, quality, good,
+                                 _STOPWORDS)).decode()
     options = _options(prompt)
     short = _choice(prompt, options, True)[0] if options else \
         f"Simulated answer about {_listing(_keywords(prompt))}."
-    obj: Any = {"answer": short, "model": model, "simulated": True}
-    spec = request.response_format or {}
-    schema = (spec.get("json_schema") or {}).get("schema") if spec.get("type") == "json_schema" \
-        else None
-    if schema:
-        hints = {"model": model, "simulated": True}
-        hints.update(dict.fromkeys(("answer", "choice", "option", "letter"), short))
-        obj = _instance(schema, hints, short)
-    text = orjson.dumps(obj).decode()
+    text = orjson.dumps({"answer": short, "model": model, "simulated": True}).decode()
     if good:
         return text
     return text[: max(1, len(text) // 2)]
+
+
+def _prose_json(model: str, request: ChatRequest, good: bool, quality: float) -> str | None:
+    """The JSON a plain request gets when its last message asks for a JSON reply and spells out
+    its shape (a template with placeholders, or a schema); None otherwise."""
+    prompt = _last_user(request)
+    if request.messages[-1].role != "user" or not _asks_for(prompt):
+        return None
+    template = template_in(prompt)
+    if template is not None:
+        return orjson.dumps(fill(template[0], prompt, template[1], model, quality, good,
+                                 _STOPWORDS)).decode()
+    schema = schema_in(prompt)
+    return _schema_answer(model, request, schema, good) if schema else None
+
+
+def _revision(model: str, request: ChatRequest, good: bool) -> str | None:
+    """A revised answer when the last message asks to revise the assistant's previous one:
+    that answer again, extended to address the feedback (a poor one barely changes)."""
+    messages = request.messages
+    if len(messages) < 3 or messages[-1].role != "user" or messages[-2].role != "assistant" \
+            or not _REVISE.search(messages[-1].text()):
+        return None
+    draft = re.sub(r"^\s*\[[^\]]*\]\s*", "", messages[-2].text())
+    asked = next((m.text() for m in reversed(messages[:-2]) if m.role == "user"), "")
+    feedback = [w for w in _keywords(messages[-1].text(), 12)
+                if w.lower() not in _REVISION_WORDS][:4]
+    if not good:
+        return f"[{model}] {draft} (Revised slightly; simulated.)"
+    if not draft.strip() or _HEDGED.search(draft):  # start again from the question
+        fresh = _text(model, request.model_copy(update={"messages": messages[:-2]}), True)
+        draft = re.sub(r"^\s*\[[^\]]*\]\s*", "", fresh)
+    return (f"[{model}] {draft} Revised (simulated) to answer \"{_gist(asked)}\" more fully: it "
+            f"now also covers {_listing(feedback)}, with a worked example of "
+            f"{_listing(_keywords(asked))} and the reasoning behind each step.")
 
 
 def _tool_for(request: ChatRequest) -> dict[str, Any] | None:
@@ -229,9 +289,11 @@ def _mentions(prompt: str, name: str) -> bool:
 def _tool_call(model: str, request: ChatRequest, tool: dict[str, Any]) -> dict[str, Any]:
     function = tool["function"]
     prompt = _last_user(request)
-    names = re.findall(r"(?<=[\w,;:] )[A-Z][a-zA-Z-]+", prompt)
+    names = _NAME.findall(prompt)
     value = names[-1] if names else (_keywords(prompt, 1) or ["example"])[0]
-    arguments = _instance(function.get("parameters") or {"type": "object"}, {}, value)
+    words = _words(model, prompt)
+    words.words = list(dict.fromkeys([value, *words.words]))
+    arguments = instance(function.get("parameters") or {"type": "object"}, words)
     if not isinstance(arguments, dict):
         arguments = {}
     call_id = "call_" + format(_digest(model, prompt, function["name"]), "016x")
@@ -252,15 +314,19 @@ def _truncate(text: str, limit: int) -> str:
     return "".join(pieces[:lo])
 
 
-def answer(model: str, request: ChatRequest, good: bool) -> Answer:
-    """What ``model`` answers to ``request``: a tool call, JSON or text, shaped by quality,
-    ``stop`` and the output limit."""
+def answer(model: str, request: ChatRequest, good: bool, quality: float = 0.7) -> Answer:
+    """What ``model`` (of ``quality``, 0..1) answers to ``request``: a tool call, JSON or text,
+    shaped by the dice's ``good``, ``stop`` and the output limit."""
     tool = _tool_for(request)
     if tool is not None:
         call = _tool_call(model, request, tool)
         used = tokens.count(call["function"]["name"]) + tokens.count(call["function"]["arguments"])
         return Answer(None, [call], "tool_calls", used)
-    text = _json_text(model, request, good) if request.wants_json else _text(model, request, good)
+    if request.wants_json:
+        text = _json_text(model, request, good, quality)
+    else:
+        text = _prose_json(model, request, good, quality) or _revision(model, request, good) \
+            or _text(model, request, good)
     finish = "stop"
     stops = [request.stop] if isinstance(request.stop, str) else request.stop or []
     cuts = [text.find(s) for s in stops if s and s in text]

@@ -97,7 +97,7 @@ def fleet_app(settings: Simulation, *, seed: int | None = None) -> Starlette:
             return error_response(outcome.status, f"The server had an error while processing "
                                   f"your request (simulated {outcome.status} from {name}).",
                                   "server_error", None, headers=header)
-        reply = answer(name, chat_request, outcome.good)
+        reply = answer(name, chat_request, outcome.good, behaviour.quality)
         prompt_tokens = tokens.count_request(chat_request)
         if chat_request.stream:
             include_usage = bool((chat_request.stream_options or {}).get("include_usage"))
