@@ -168,7 +168,7 @@ class ProviderEntry(Section):
             yield key, "..."
 
 
-CAPABILITIES = {"tools", "json", "streaming", "vision"}
+CAPABILITIES = {"tools", "json", "streaming", "vision", "embeddings"}
 
 
 class Deployment(Section):
@@ -195,6 +195,9 @@ class Model(Section):
                                           "tokens; Anthropic needs one (default 4096).")
     input_price: float = Field(default=0.0, ge=0, description="USD per million input tokens.")
     output_price: float = Field(default=0.0, ge=0, description="USD per million output tokens.")
+    cached_input_price: float | None = Field(
+        default=None, ge=0, description="USD per million input tokens the provider read from "
+        "its prompt cache (reported as cached tokens); default: input_price.")
     capabilities: list[str] = Field(default_factory=lambda: ["tools", "json", "streaming"],
                                     description=f"Any of {sorted(CAPABILITIES)}.")
     tier: int = Field(default=1, ge=0, description="Strength, 0 = cheapest; routers may use it.")

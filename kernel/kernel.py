@@ -21,8 +21,9 @@ import structlog
 from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
 
-from . import tokens
+from . import embeddings, tokens
 from .config import Config, Route
+from .embeddings import EmbeddingAnswer, EmbeddingRequest
 from .errors import (
     AttemptsExhausted,
     BadRequest,
@@ -330,6 +331,34 @@ class Kernel:
             exc.answer = Answer.of(ctx)  # type: ignore[attr-defined]
             raise
         return Answer.of(ctx)
+
+    async def embed(self, request: EmbeddingRequest, *, caller: Caller | None = None,
+                    headers: Mapping[str, str] | None = None, client: str | None = None,
+                    request_id: str | None = None) -> EmbeddingAnswer:
+        """Embed ``request``'s texts with a model that has the ``embeddings`` capability (the
+        model asked for, a route's, or for ``auto`` each embedding model in config order),
+        falling back to the next on a provider error; admitted, cached and recorded like a chat
+        request (see :mod:`turnout.kernel.embeddings`). Arguments as :meth:`ask`.
+
+        Raises a :class:`~turnout.kernel.errors.TurnoutError`: UnknownModel (404) for a name
+        nothing carries, BadRequest (400) naming the embedding models when the one asked for does
+        not embed; once accepted, the error carries ``error.answer``.
+        """
+        fields: dict[str, Any] = {"client": client if client is not None
+                                  else caller.key if caller is not None else None}
+        if caller is not None:
+            fields["caller"] = caller
+        if headers:
+            fields["headers"] = headers
+        if request_id is not None:
+            fields["request_id"] = request_id
+        ctx = embeddings.context(self, request, **fields)
+        try:
+            result = await embeddings.run(self, ctx, request)
+        except TurnoutError as exc:
+            exc.answer = Answer.of(ctx)  # type: ignore[attr-defined]
+            raise
+        return EmbeddingAnswer(result, Answer.of(ctx))
 
     async def ask_stream(self, request: ChatRequest, *, caller: Caller | None = None,
                          headers: Mapping[str, str] | None = None, client: str | None = None,

@@ -9,11 +9,15 @@ for every attempt no ``call`` plugin answered.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import AsyncIterator, ClassVar
+from typing import TYPE_CHECKING, AsyncIterator, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .errors import ProviderBadRequest
 from .types import ChatRequest, Chunk, Completion, ModelProfile
+
+if TYPE_CHECKING:
+    from .embeddings import EmbeddingRequest, Embeddings
 
 
 class ProviderSettings(BaseModel):
@@ -47,6 +51,16 @@ class Provider(ABC):
     @abstractmethod
     def stream(self, request: ChatRequest, model: ModelProfile) -> AsyncIterator[Chunk]:
         """Send a streaming request; iterate the answer's chunks, the last carrying usage."""
+
+    async def embed(self, request: "EmbeddingRequest", model: ModelProfile) -> "Embeddings":
+        """Embed ``request.texts`` with ``model``: one vector per text, in order, and the usage
+        the provider reported (zeros: the kernel counts). Optional: a kind that cannot embed
+        keeps this default, which fails the attempt (the kernel moves on to the next model)."""
+        raise ProviderBadRequest(
+            f"provider {self.name!r} (kind {type(self).__name__}) does not embed; give "
+            f"{model.name!r} a provider of a kind that does (openai, openai-compatible, gemini, "
+            "simulated) or drop 'embeddings' from its capabilities",
+            provider=self.name, model=model.name)
 
     async def aclose(self) -> None:  # noqa: B027 - optional: most providers hold no pool
         """Release connections; called once at shutdown."""

@@ -49,6 +49,7 @@ class ModelRegistry:
                 name=name, provider=m.provider, upstream=m.upstream or name,
                 context_window=m.context_window, max_output_tokens=m.max_output_tokens,
                 input_price=m.input_price, output_price=m.output_price,
+                cached_input_price=m.cached_input_price,
                 capabilities=frozenset(m.capabilities), tier=m.tier, description=m.description,
                 quality=m.qualities()))
         return registry

@@ -15,13 +15,27 @@ from typing import Any, Literal
 
 import jsonschema
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import clip
 
 MAX_NESTING = 64
 """Deepest nesting of objects and arrays a request may have; deeper is refused (the serializers
 that pass a request on have limits of their own, and no real request comes near this)."""
+
+MAX_CHOICES = 8
+"""Most answers one request may ask for (``n``). Every choice is paid for, and where a provider
+cannot answer several at once (Anthropic) each is a call of its own made in parallel, so a cap
+keeps one request from turning into a burst of upstream calls that rate limits and budgets,
+which count requests, would not see coming."""
 
 STRICT = ConfigDict(strict=True, extra="forbid")
 OPEN = ConfigDict(strict=True, extra="allow")
@@ -290,7 +304,7 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    n: int | None = Field(default=None, ge=1, le=1)
+    n: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
     stop: str | list[str] | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
@@ -362,6 +376,27 @@ class ChatRequest(BaseModel):
                 raise ValueError(f"json_schema.schema{exc.where} is not a valid JSON Schema: "
                                  f"{exc}") from None
         return v
+
+    @field_validator("n")
+    @classmethod
+    def _n_not_streamed(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and v > 1 and info.data.get("stream"):
+            raise ValueError(f"n = {v} cannot be streamed here; ask for one choice per stream, "
+                             "or for n choices without stream")
+        return v
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_needs_logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs = true (it says how many alternatives "
+                             "to return for each token of the logprobs it asks for)")
+        return v
+
+    @property
+    def choices(self) -> int:
+        """How many answers the caller asked for (``n``, 1 when unset)."""
+        return self.n or 1
 
     @property
     def output_limit(self) -> int | None:

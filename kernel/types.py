@@ -36,6 +36,8 @@ class ModelProfile:
     max_output_tokens: int | None = None
     input_price: float = 0.0
     output_price: float = 0.0
+    cached_input_price: float | None = None
+    """Price of input tokens the provider read from its prompt cache; None: ``input_price``."""
     capabilities: frozenset[str] = frozenset({"tools", "json", "streaming"})
     tier: int = 1
     description: str = ""
@@ -47,8 +49,13 @@ class ModelProfile:
     the other tasks; empty when unknown. Routers read it with :meth:`quality_for`."""
 
     def cost(self, usage: "Usage") -> float:
-        """Cost in US dollars of a call with this usage."""
-        return (usage.input_tokens * self.input_price
+        """Cost in US dollars of a call with this usage: cached input tokens at
+        ``cached_input_price``, the other input tokens at ``input_price``, output tokens
+        (reasoning tokens among them) at ``output_price``."""
+        cached = min(usage.cached_tokens, usage.input_tokens)
+        cached_price = self.input_price if self.cached_input_price is None \
+            else self.cached_input_price
+        return ((usage.input_tokens - cached) * self.input_price + cached * cached_price
                 + usage.output_tokens * self.output_price) / 1_000_000
 
     def quality_for(self, task: str | None) -> float | None:
@@ -129,6 +136,35 @@ class Usage:
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
 
+    @property
+    def cached_tokens(self) -> int:
+        """Input tokens read from the provider's prompt cache (part of ``input_tokens``)."""
+        return _detail(self.details, "prompt_tokens_details", "cached_tokens")
+
+    @property
+    def reasoning_tokens(self) -> int:
+        """Output tokens spent thinking before the answer (part of ``output_tokens``)."""
+        return _detail(self.details, "completion_tokens_details", "reasoning_tokens")
+
+    def __add__(self, other: "Usage") -> "Usage":
+        """Both calls' usage together, numeric breakdowns summed key by key."""
+        details: dict[str, Any] = {}
+        for part in (self.details or {}, other.details or {}):
+            for name, values in part.items():
+                if not isinstance(values, dict):
+                    continue
+                into = details.setdefault(name, {})
+                for key, value in values.items():
+                    if isinstance(value, int) and not isinstance(value, bool):
+                        into[key] = into.get(key, 0) + value
+        return Usage(self.input_tokens + other.input_tokens,
+                     self.output_tokens + other.output_tokens, details or None)
+
+
+def _detail(details: dict[str, Any] | None, part: str, key: str) -> int:
+    value = ((details or {}).get(part) or {}).get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
 
 @dataclass(slots=True)
 class Completion:
@@ -145,6 +181,11 @@ class Completion:
     refusal: str | None = None
     logprobs: Any = None
     system_fingerprint: str | None = None
+    choices: list["Completion"] | None = None
+    """The other answers when the request asked for several (``n``): choices 1..n-1, each with
+    its own content, tool calls, finish reason and logprobs (their ``usage`` is left empty: this
+    completion's ``usage`` covers every choice). Validators and the record judge this, the
+    first, choice."""
 
 
 @dataclass(slots=True)

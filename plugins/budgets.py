@@ -210,11 +210,14 @@ def ledger_key(rule: Budget, value: str, window: str) -> str:
 
 def worst_case_cost(ctx: Context, model: ModelProfile) -> float:
     """The most an attempt on ``model`` can cost: the counted prompt, plus the request's output
-    cap (else the model's, else the rest of its context window), at the model's prices."""
+    cap (else the model's, else the rest of its context window), at the model's prices; times
+    ``n`` when the request asks for several choices (a provider without ``n`` is asked ``n``
+    times, prompt included)."""
     prompt = tokens.prompt_tokens(ctx)
     output = ctx.request.output_limit or model.max_output_tokens \
         or max(model.context_window - prompt, 0)
-    return model.cost(Usage(prompt, output))
+    copies = ctx.request.n or 1
+    return model.cost(Usage(prompt * copies, output * copies))
 
 
 def _when(timestamp: float | None) -> str:

@@ -77,7 +77,7 @@ HEADER = "x-turnout-cache"
 POLL_FIRST_S = 0.005
 """First pause of a request waiting for an identical one in flight; doubles up to POLL_MAX_S."""
 POLL_MAX_S = 0.05
-ENTRY_VERSION = 1
+ENTRY_VERSION = 2
 
 
 class CacheSettings(BaseModel):
@@ -120,16 +120,28 @@ def cache_key(ctx: Context) -> str:
 
 
 def entry(completion: Completion) -> bytes:
-    """A finished answer as stored."""
+    """A finished answer as stored (with its other choices, when ``n`` asked for several)."""
     usage = completion.usage
     return orjson.dumps({
-        "v": ENTRY_VERSION, "content": completion.content, "tool_calls": completion.tool_calls,
-        "finish_reason": completion.finish_reason, "refusal": completion.refusal,
-        "logprobs": completion.logprobs, "system_fingerprint": completion.system_fingerprint,
+        "v": ENTRY_VERSION, **_choice(completion),
+        "choices": [_choice(c) for c in completion.choices or ()],
+        "system_fingerprint": completion.system_fingerprint,
         "usage": {"input": usage.input_tokens, "output": usage.output_tokens,
                   "details": usage.details},
         "model": completion.model, "provider": completion.provider,
         "cost_usd": completion.cost_usd, "stored_at": time.time()})
+
+
+def _choice(completion: Completion) -> dict[str, Any]:
+    return {"content": completion.content, "tool_calls": completion.tool_calls,
+            "finish_reason": completion.finish_reason, "refusal": completion.refusal,
+            "logprobs": completion.logprobs}
+
+
+def _choice_of(data: dict[str, Any]) -> dict[str, Any]:
+    return {"content": data["content"], "finish_reason": data["finish_reason"],
+            "tool_calls": data["tool_calls"], "refusal": data["refusal"],
+            "logprobs": data["logprobs"]}
 
 
 def answer(raw: bytes) -> tuple[Completion, float] | None:
@@ -140,13 +152,13 @@ def answer(raw: bytes) -> tuple[Completion, float] | None:
         if not isinstance(data, dict) or data.get("v") != ENTRY_VERSION:
             return None
         usage = data["usage"]
+        others = [Completion(**_choice_of(c), model=data["model"], provider=data["provider"],
+                             cached=True) for c in data["choices"]]
         return Completion(
-            content=data["content"], finish_reason=data["finish_reason"],
-            tool_calls=data["tool_calls"], refusal=data["refusal"], logprobs=data["logprobs"],
-            system_fingerprint=data["system_fingerprint"],
+            **_choice_of(data), system_fingerprint=data["system_fingerprint"],
             usage=Usage(int(usage["input"]), int(usage["output"]), usage["details"]),
-            model=data["model"], provider=data["provider"], cost_usd=0.0,
-            cached=True), float(data["cost_usd"])
+            model=data["model"], provider=data["provider"], cost_usd=0.0, cached=True,
+            choices=others or None), float(data["cost_usd"])
     except (ValueError, TypeError, KeyError):  # orjson.JSONDecodeError is a ValueError
         return None
 

@@ -20,11 +20,16 @@ from turnout.kernel.types import Context, ModelProfile
 MIN_ANSWER_TOKENS = 256
 """Room left for the answer when neither the request nor the model sets a limit."""
 
+EMBEDDINGS_ONLY = frozenset({"embeddings"})
+"""The capabilities of a model that only embeds (``/v1/embeddings``)."""
+
 
 def unfit(ctx: Context, model: ModelProfile) -> tuple[str, str] | None:
     """Why ``model`` cannot serve this request, as (``"context"`` or the missing capability,
     the reason), or None when it can."""
     request = ctx.request
+    if model.capabilities == EMBEDDINGS_ONLY:
+        return "chat", "an embedding model: it does not answer chat requests"
     limit = request.output_limit
     if limit is not None and model.max_output_tokens is not None \
             and limit > model.max_output_tokens:

@@ -281,3 +281,15 @@ def test_over_http_a_429_says_which_limit_and_carries_the_headers(tmp_path: Path
     assert 1 <= int(headers["retry-after"]) <= 60
     assert headers["x-ratelimit-remaining-requests"] == "0"
     assert via_header.status_code == 429  # the rate limit (both are spent by now)
+
+
+def test_the_worst_case_of_n_choices_is_n_answers() -> None:
+    from turnout.kernel.request import ChatRequest
+    from turnout.kernel.types import Context, ModelProfile
+    from turnout.plugins.budgets import worst_case_cost
+
+    model = ModelProfile("m", "p", "m", input_price=1.0, output_price=2.0)
+    one = Context(request=ChatRequest(model="m", max_tokens=100,
+                                      messages=[{"role": "user", "content": "hi"}]))
+    three = Context(request=one.request.model_copy(update={"n": 3}))
+    assert worst_case_cost(three, model) == pytest.approx(3 * worst_case_cost(one, model))

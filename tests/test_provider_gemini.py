@@ -72,8 +72,9 @@ async def test_generation_config(adapter, script):
                                stop=["END", "STOP"], seed=3, logprobs=True), MODEL)
     body = script.last.body
     assert body["generationConfig"] == {"temperature": 0.2, "topP": 0.8, "maxOutputTokens": 64,
-                                        "stopSequences": ["END", "STOP"], "seed": 3}
-    assert "logprobs" not in body
+                                        "stopSequences": ["END", "STOP"], "seed": 3,
+                                        "responseLogprobs": True}
+    assert "logprobs" not in body  # OpenAI's top-level field is translated, not passed on
 
 
 async def test_tool_call_and_follow_up_with_the_result(adapter, script):

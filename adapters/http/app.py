@@ -40,6 +40,7 @@ from turnout.kernel.kernel import AUTO, AnswerStream, Kernel
 from turnout.kernel.types import Answer, Caller, ChatRequest, new_request_id
 
 from .auth import KeyRing
+from .embeddings import EmbeddingsAPI
 from .messages import MessagesAPI
 from .parse import parse_request
 from .responses import ResponsesAPI
@@ -116,6 +117,9 @@ class EventStream(StreamingResponse):
 
 
 COST_HEADER = "x-turnout-cost-usd"
+DROPPED_HEADER = "x-turnout-dropped"
+"""Names the fields the request asked for that the answering provider could not honour
+(``logprobs`` from Anthropic): the answer came without them."""
 
 
 def answer_headers(answer: Answer, explain: bool) -> dict[str, str]:
@@ -170,8 +174,11 @@ class Gateway:
                                   answer_headers(account, explain) if account else None)
         except Exception as exc:  # noqa: BLE001 - the last guard: never a traceback to the client
             return internal_error(exc, request_id)
+        sent = answer_headers(answer, explain)
+        if request.logprobs and answer.completion.logprobs is None:
+            sent[DROPPED_HEADER] = "logprobs"  # the answering provider returns none
         return Response(completion_json(request_id, answer.completion),
-                        media_type="application/json", headers=answer_headers(answer, explain))
+                        media_type="application/json", headers=sent)
 
     async def authenticate(self, http: Request) -> ApiKey | None:
         """The key that was sent, a config key or one made at run time (None when the gateway
@@ -348,6 +355,7 @@ def create_app(kernel: Kernel, *, manage_kernel: bool = True) -> Starlette:
         Route("/v1/responses", ResponsesAPI(gateway).create, methods=["POST"]),
         Route("/v1/messages", MessagesAPI(gateway).create, methods=["POST"]),
         Route("/v1/messages/count_tokens", MessagesAPI(gateway).count_tokens, methods=["POST"]),
+        Route("/v1/embeddings", EmbeddingsAPI(gateway).create, methods=["POST"]),
         Route("/v1/feedback", gateway.feedback, methods=["POST"]),
         Route("/healthz", gateway.healthz, methods=["GET"]),
         Route("/readyz", gateway.readyz, methods=["GET"]),

@@ -40,24 +40,32 @@ def error_bytes(error: TurnoutError) -> bytes:
 
 
 def completion_json(request_id: str, completion: Completion) -> bytes:
-    """A ``chat.completion`` object; ``refusal`` is always present (OpenAI's schema requires it),
-    and the upstream's ``logprobs`` and ``system_fingerprint`` pass through."""
-    message: dict = {"role": "assistant", "content": completion.content,
-                     "refusal": completion.refusal}
-    if completion.tool_calls:
-        message["tool_calls"] = completion.tool_calls
+    """A ``chat.completion`` object with one choice per answer (``n`` of them: the completion and
+    its ``choices``); ``refusal`` is always present (OpenAI's schema requires it), and the
+    upstream's ``logprobs`` and ``system_fingerprint`` pass through."""
+    answers = [completion, *(completion.choices or ())]
     answer = {
         "id": "chatcmpl-" + request_id.removeprefix("req_"),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": completion.model,
-        "choices": [{"index": 0, "message": message, "logprobs": completion.logprobs,
-                     "finish_reason": completion.finish_reason}],
+        "choices": [choice_json(i, c) for i, c in enumerate(answers)],
         "usage": usage_json(completion.usage),
     }
     if completion.system_fingerprint is not None:
         answer["system_fingerprint"] = completion.system_fingerprint
     return orjson.dumps(answer)
+
+
+def choice_json(index: int, completion: Completion) -> dict:
+    """One entry of ``choices``: the answer as an assistant message, its logprobs and finish
+    reason."""
+    message: dict = {"role": "assistant", "content": completion.content,
+                     "refusal": completion.refusal}
+    if completion.tool_calls:
+        message["tool_calls"] = completion.tool_calls
+    return {"index": index, "message": message, "logprobs": completion.logprobs,
+            "finish_reason": completion.finish_reason}
 
 
 class ChunkFramer:

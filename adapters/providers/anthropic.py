@@ -5,14 +5,25 @@ become ``tool_use`` blocks and tool messages ``tool_result`` blocks in a user tu
 choice, stop sequences and images are carried over; JSON mode, which the API lacks, becomes an
 instruction in the system prompt. Answers and SSE events come back as OpenAI-shaped completions
 and chunks.
+
+The OpenAI fields the API has no equivalent for: ``n`` > 1 is served by that many calls made in
+parallel (their usage summed); ``reasoning_effort`` turns on extended thinking with the budget of
+:data:`THINKING_BUDGETS` (``max_tokens`` raised by the budget, so the answer keeps its room;
+``temperature`` and ``top_p`` left out, as the API requires; thinking blocks are not returned);
+``logprobs`` and ``seed`` are dropped (the API has neither: the answer then carries no logprobs,
+which the HTTP edge reports in ``x-turnout-dropped`` and a ``logprobs`` validator with
+``require = true`` fails); ``parallel_tool_calls: false`` becomes
+``disable_parallel_tool_use``. Cache reads come back as ``prompt_tokens_details.cached_tokens``.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
+import anyio
 import orjson
 
 from turnout.kernel.errors import (
@@ -38,6 +49,10 @@ DEFAULT_MAX_TOKENS = 4096
 _STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop",
                  "max_tokens": "length", "model_context_window_exceeded": "length",
                  "tool_use": "tool_calls"}
+
+THINKING_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 4096, "high": 16384}
+"""``budget_tokens`` of extended thinking for each ``reasoning_effort`` (1024 is the API's
+least)."""
 
 JSON_INSTRUCTION = ("Answer with one JSON value only: no prose before or after it and no code "
                     "fences.")
@@ -67,7 +82,31 @@ class AnthropicAdapter(ProviderAdapter):
                                      provider=self.name, model=model.name) from None
 
     async def complete(self, request: ChatRequest, model: ModelProfile) -> Completion:
-        """Send a non-streaming request and return the whole answer."""
+        """Send a non-streaming request and return the whole answer; for ``n`` answers, ``n``
+        requests in parallel (the API answers one at a time), their usage summed. One failing
+        fails them all."""
+        if request.choices == 1:
+            return await self._complete_one(request, model)
+        single = request.model_copy(update={"n": None})
+        answers: list[Completion | None] = [None] * request.choices
+
+        async def one(i: int) -> None:
+            answers[i] = await self._complete_one(single, model)
+
+        try:
+            async with anyio.create_task_group() as group:
+                for i in range(request.choices):
+                    group.start_soon(one, i)
+        except BaseExceptionGroup as failed:  # the first call to fail stands for them all
+            raise _first(failed) from None
+        first, *others = [a for a in answers if a is not None]
+        usage = first.usage
+        for other in others:
+            usage = usage + other.usage
+        return replace(first, usage=usage,
+                       choices=[replace(o, usage=Usage()) for o in others] or None)
+
+    async def _complete_one(self, request: ChatRequest, model: ModelProfile) -> Completion:
         body = orjson.dumps(self.payload(request, model, stream=False))
         data = await self.post_json(self.url, body, model)
         if not isinstance(data, dict) or not isinstance(data.get("content"), list):
@@ -84,6 +123,7 @@ class AnthropicAdapter(ProviderAdapter):
         body = orjson.dumps(self.payload(request, model, stream=True))
         stopped = emitted = False
         input_tokens = output_tokens = 0
+        cached = 0
         stop_reason: str | None = None
         tools: dict[int, int] = {}      # content block index -> tool call index
         has_args: dict[int, bool] = {}  # content block index -> any argument text seen
@@ -100,6 +140,7 @@ class AnthropicAdapter(ProviderAdapter):
                 if kind == "message_start":
                     usage = (data.get("message") or {}).get("usage") or {}
                     input_tokens = _input_tokens(usage)
+                    cached = int(usage.get("cache_read_input_tokens") or 0)
                     output_tokens = int(usage.get("output_tokens") or 0)
                 elif kind == "content_block_start":
                     block = data.get("content_block") or {}
@@ -149,7 +190,8 @@ class AnthropicAdapter(ProviderAdapter):
                                provider=self.name, model=model.name)
         finish = "content_filter" if stop_reason == "refusal" else _STOP_REASONS.get(
             stop_reason or "end_turn", "stop")
-        yield Chunk(finish_reason=finish, usage=Usage(input_tokens, output_tokens),
+        yield Chunk(finish_reason=finish, usage=Usage(input_tokens, output_tokens,
+                                                      _details(cached)),
                     role=None if emitted else "assistant")
 
 
@@ -160,7 +202,8 @@ def to_messages_request(request: ChatRequest, model: ModelProfile, *,
                         stream: bool = False) -> dict[str, Any]:
     """Translate an OpenAI chat request into an Anthropic Messages API body.
 
-    Raises ValueError for what cannot be expressed (tool-call arguments that are not JSON).
+    Raises ValueError for what cannot be expressed (tool-call arguments that are not JSON, a
+    forced tool choice with extended thinking).
     """
     system: list[str] = []
     turns: list[dict[str, Any]] = []
@@ -190,12 +233,18 @@ def to_messages_request(request: ChatRequest, model: ModelProfile, *,
         limit = min(limit, model.max_output_tokens)
     body: dict[str, Any] = {"model": model.upstream, "messages": turns,
                             "max_tokens": limit or model.max_output_tokens or DEFAULT_MAX_TOKENS}
+    thinking = _thinking(request, model)
+    if thinking:
+        body["thinking"] = thinking
+        body["max_tokens"] += thinking["budget_tokens"]
+        if model.max_output_tokens:
+            body["max_tokens"] = min(body["max_tokens"], model.max_output_tokens)
     if system:
         body["system"] = "\n\n".join(system)
-    if request.temperature is not None:
+    if request.temperature is not None and not thinking:
         # Anthropic's range is 0..1 where OpenAI's is 0..2; higher values are capped, not refused.
         body["temperature"] = min(request.temperature, 1.0)
-    if request.top_p is not None:
+    if request.top_p is not None and not thinking:
         body["top_p"] = request.top_p
     if request.stop:
         body["stop_sequences"] = [request.stop] if isinstance(request.stop, str) else request.stop
@@ -207,6 +256,9 @@ def to_messages_request(request: ChatRequest, model: ModelProfile, *,
         choice = _tool_choice(request.tool_choice)
         if getattr(request, "parallel_tool_calls", None) is False:
             choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
+        if thinking and choice and choice["type"] in ("any", "tool"):
+            raise ValueError("a required or named tool_choice cannot be combined with "
+                             "reasoning_effort (extended thinking only allows 'auto' or 'none')")
         if choice:
             body["tool_choice"] = choice
     if stream:
@@ -230,7 +282,8 @@ def to_completion(data: dict[str, Any], *, model: str, provider: str) -> Complet
         content="".join(texts) if texts or not calls else None,
         finish_reason=_STOP_REASONS.get(data.get("stop_reason") or "end_turn", "stop"),
         tool_calls=calls or None,
-        usage=Usage(_input_tokens(usage), int(usage.get("output_tokens") or 0)),
+        usage=Usage(_input_tokens(usage), int(usage.get("output_tokens") or 0),
+                    _details(int(usage.get("cache_read_input_tokens") or 0))),
         model=model, provider=provider)
 
 
@@ -311,10 +364,38 @@ def _json_instruction(response_format: dict[str, Any]) -> str:
     return JSON_INSTRUCTION
 
 
+def _thinking(request: ChatRequest, model: ModelProfile) -> dict[str, Any] | None:
+    """Extended thinking for the request's ``reasoning_effort`` (None without one): the effort's
+    budget, at most half the model's ``max_output_tokens`` so the answer keeps room."""
+    if request.reasoning_effort is None:
+        return None
+    budget = THINKING_BUDGETS[request.reasoning_effort]
+    if model.max_output_tokens:
+        budget = min(budget, model.max_output_tokens // 2)
+    if budget < THINKING_BUDGETS["minimal"]:
+        raise ValueError(f"reasoning_effort needs max_output_tokens of at least "
+                         f"{2 * THINKING_BUDGETS['minimal']} (extended thinking takes 1024 tokens "
+                         f"or more); this model has {model.max_output_tokens}")
+    return {"type": "enabled", "budget_tokens": budget}
+
+
+def _details(cached: int) -> dict[str, Any] | None:
+    """Anthropic's cache reads in OpenAI's ``prompt_tokens_details``; None without any."""
+    return {"prompt_tokens_details": {"cached_tokens": cached}} if cached else None
+
+
 def _input_tokens(usage: dict[str, Any]) -> int:
     """Prompt tokens: Anthropic counts cache writes and reads apart from ``input_tokens``."""
     return sum(int(usage.get(k) or 0) for k in (
         "input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"))
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    """The first error inside a task group's (possibly nested) exception group."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 def _refusal(provider: str, model: str) -> ContentPolicy:

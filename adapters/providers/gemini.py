@@ -4,6 +4,13 @@ Requests: system messages become ``systemInstruction``; user and assistant turns
 ``contents`` with roles ``user`` and ``model``; tool calls and tool results become
 ``functionCall`` and ``functionResponse`` parts; tools, tool choice, sampling options and JSON mode
 go to ``tools``, ``toolConfig`` and ``generationConfig``. Safety blocks are content-policy errors.
+
+OpenAI's other fields: ``n`` becomes ``candidateCount`` (each candidate a choice), ``seed`` is
+passed as is, ``logprobs``/``top_logprobs`` become ``responseLogprobs``/``logprobs`` and the
+``logprobsResult`` comes back in OpenAI's ``logprobs`` shape, ``reasoning_effort`` becomes
+``thinkingConfig.thinkingBudget`` (:data:`THINKING_BUDGETS`); ``parallel_tool_calls`` has no
+equivalent and is dropped. ``cachedContentTokenCount`` and ``thoughtsTokenCount`` come back as
+OpenAI's cached and reasoning token details; thoughts are billed as output, so counted in it.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from turnout.kernel.embeddings import EmbeddingRequest, Embeddings
 from turnout.kernel.errors import ContentPolicy, ProviderUnavailable, StreamBroken
 from turnout.kernel.types import ChatRequest, Chunk, Completion, ModelProfile, Usage
 
@@ -22,6 +30,9 @@ from .errors import (
     parse_json,
     stream_error,
 )
+
+THINKING_BUDGETS = {"minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
+"""``thinkingBudget`` for each ``reasoning_effort`` (within what every Gemini 2.5 model takes)."""
 
 _FINISH = {"STOP": "stop", "MAX_TOKENS": "length"}
 _BLOCKED = {"SAFETY", "RECITATION", "PROHIBITED_CONTENT", "BLOCKLIST", "SPII", "IMAGE_SAFETY"}
@@ -63,14 +74,20 @@ class GeminiAdapter(ProviderAdapter):
         if not candidates:
             raise ProviderUnavailable(f"{self.name} sent an answer without candidates",
                                       provider=self.name, model=model.name)
-        candidate = candidates[0]
-        self._check_finish(candidate.get("finishReason"), model)
+        self._check_finish(candidates[0].get("finishReason"), model)
+        first, *others = [self._choice(c, model) for c in candidates if isinstance(c, dict)]
+        first.usage = _usage(data.get("usageMetadata"))
+        first.choices = others or None
+        return first
+
+    def _choice(self, candidate: dict[str, Any], model: ModelProfile) -> Completion:
+        """One candidate as a completion (without usage: the answer's covers every one)."""
         text, calls = _parts((candidate.get("content") or {}).get("parts") or [])
         tool_calls = [_tool_call(call, i) for i, call in enumerate(calls)] or None
         return Completion(content=text if text or not tool_calls else None,
                           finish_reason=_finish(candidate.get("finishReason"), bool(tool_calls)),
-                          tool_calls=tool_calls, usage=_usage(data.get("usageMetadata")),
-                          model=model.name, provider=self.name)
+                          tool_calls=tool_calls, model=model.name, provider=self.name,
+                          logprobs=openai_logprobs(candidate.get("logprobsResult")))
 
     async def stream(self, request: ChatRequest, model: ModelProfile) -> AsyncIterator[Chunk]:
         """Send a streaming request; yield text and tool-call deltas, then a final chunk with the
@@ -105,7 +122,8 @@ class GeminiAdapter(ProviderAdapter):
                             self._check_finish(finish, model)
                     if text or deltas:
                         yield Chunk(content=text or None, tool_calls=deltas or None,
-                                    role=None if emitted else "assistant")
+                                    role=None if emitted else "assistant",
+                                    logprobs=openai_logprobs(candidate.get("logprobsResult")))
                         emitted = True
         if finish is None:
             raise StreamBroken(f"{self.name} cut the stream before its finish reason",
@@ -126,6 +144,27 @@ class GeminiAdapter(ProviderAdapter):
         if reason in _BLOCKED:
             raise ContentPolicy(f"{self.name} withheld the answer (finishReason {reason})",
                                 provider=self.name, model=model.name)
+
+    async def embed(self, request: EmbeddingRequest, model: ModelProfile) -> Embeddings:
+        """``POST {base_url}/models/{id}:batchEmbedContents``: one ``embedContent`` request per
+        text (``outputDimensionality`` from ``dimensions``). Gemini reports no token usage for
+        embeddings, so the kernel counts the input."""
+        upstream = model.upstream.removeprefix("models/")
+        one: dict[str, Any] = {"model": f"models/{upstream}"}
+        if request.dimensions is not None:
+            one["outputDimensionality"] = request.dimensions
+        body = orjson.dumps({"requests": [{**one, "content": {"parts": [{"text": text}]}}
+                                          for text in request.texts]})
+        data = await self.post_json(f"{self.base_url}/models/{upstream}:batchEmbedContents",
+                                    body, model)
+        found = data.get("embeddings") if isinstance(data, dict) else None
+        if not isinstance(found, list) or not all(
+                isinstance(e, dict) and isinstance(e.get("values"), list) for e in found):
+            raise ProviderUnavailable(f"{self.name} sent an embeddings answer without a list of "
+                                      "'embeddings' with 'values'", provider=self.name,
+                                      model=model.name)
+        return Embeddings([e["values"] for e in found], Usage(), model=model.name,
+                          provider=self.name)
 
 
 # --- translation -------------------------------------------------------------------------------
@@ -274,6 +313,14 @@ def _generation_config(request: ChatRequest, model: ModelProfile) -> dict[str, A
         config["presencePenalty"] = request.presence_penalty
     if request.frequency_penalty is not None:
         config["frequencyPenalty"] = request.frequency_penalty
+    if request.choices > 1:
+        config["candidateCount"] = request.choices
+    if request.logprobs:
+        config["responseLogprobs"] = True
+        if request.top_logprobs:
+            config["logprobs"] = request.top_logprobs
+    if request.reasoning_effort is not None:
+        config["thinkingConfig"] = {"thinkingBudget": THINKING_BUDGETS[request.reasoning_effort]}
     if request.wants_json:
         config["responseMimeType"] = "application/json"
         fmt = request.response_format or {}
@@ -305,9 +352,36 @@ def _finish(reason: str | None, has_calls: bool) -> str:
 
 
 def _usage(meta: Any) -> Usage:
-    """Kernel usage from ``usageMetadata``; thinking tokens are billed as output, so counted."""
+    """Kernel usage from ``usageMetadata``: thinking tokens are billed as output, so counted in
+    it and reported as reasoning tokens; cached prompt tokens as cached tokens."""
     if not isinstance(meta, dict):
         return Usage()
+    thoughts = int(meta.get("thoughtsTokenCount") or 0)
+    cached = int(meta.get("cachedContentTokenCount") or 0)
+    details: dict[str, Any] = {}
+    if cached:
+        details["prompt_tokens_details"] = {"cached_tokens": cached}
+    if thoughts:
+        details["completion_tokens_details"] = {"reasoning_tokens": thoughts}
     return Usage(int(meta.get("promptTokenCount") or 0),
-                 int(meta.get("candidatesTokenCount") or 0) + int(meta.get("thoughtsTokenCount")
-                                                                   or 0))
+                 int(meta.get("candidatesTokenCount") or 0) + thoughts, details or None)
+
+
+def openai_logprobs(result: Any) -> dict[str, Any] | None:
+    """Gemini's ``logprobsResult`` in OpenAI's ``logprobs`` shape (``content``: each chosen token
+    with its log probability and its ``top_logprobs``); None when there is none."""
+    if not isinstance(result, dict) or not isinstance(result.get("chosenCandidates"), list):
+        return None
+    tops = result.get("topCandidates") or []
+    content = []
+    for i, chosen in enumerate(result["chosenCandidates"]):
+        top = tops[i].get("candidates") or [] if i < len(tops) and isinstance(tops[i], dict) \
+            else []
+        content.append({**_token(chosen), "top_logprobs": [_token(t) for t in top]})
+    return {"content": content, "refusal": None}
+
+
+def _token(entry: dict[str, Any]) -> dict[str, Any]:
+    token = str(entry.get("token") or "")
+    return {"token": token, "logprob": float(entry.get("logProbability") or 0.0),
+            "bytes": list(token.encode())}

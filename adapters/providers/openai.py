@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from turnout.kernel.embeddings import EmbeddingRequest, Embeddings
 from turnout.kernel.errors import ContentPolicy, ProviderUnavailable, StreamBroken
 from turnout.kernel.types import ChatRequest, Chunk, Completion, ModelProfile, Usage
 
@@ -40,14 +41,17 @@ class OpenAIAdapter(ProviderAdapter):
 
     def payload(self, request: ChatRequest, model: ModelProfile, *, stream: bool) -> dict[str, Any]:
         """The request as sent upstream: every field the client gave (unknown ones only when
-        ``passthrough_params`` lists them), with the upstream model id; streams ask for a final
-        usage chunk."""
+        ``passthrough_params`` lists them), with the upstream model id (``n``, ``logprobs``,
+        ``seed``, ``reasoning_effort`` as given; ``parallel_tool_calls`` only beside tools, as
+        the API requires); streams ask for a final usage chunk."""
         payload = request.model_dump(exclude_none=True)
         for extra in request.model_extra or ():
             if extra not in self.config.passthrough_params:
                 payload.pop(extra, None)  # unknown to OpenAI's API and not ours to pass on
         payload["model"] = model.upstream
         payload["stream"] = stream
+        if not payload.get("tools"):
+            payload.pop("parallel_tool_calls", None)  # OpenAI refuses it without tools
         if stream:
             payload["stream_options"] = {**(payload.get("stream_options") or {}),
                                          "include_usage": True}
@@ -88,10 +92,12 @@ class OpenAIAdapter(ProviderAdapter):
                            sent=sent)
             raise ContentPolicy(f"{self.name} refused: {reason}", provider=self.name,
                                 model=model.name)
+        others = [_choice(c, model.name, self.name) for c in choices[1:] if isinstance(c, dict)]
         return Completion(content=content, finish_reason=finish, tool_calls=tool_calls,
                           usage=_usage(data.get("usage")), model=model.name, provider=self.name,
                           refusal=message.get("refusal"), logprobs=choice.get("logprobs"),
-                          system_fingerprint=data.get("system_fingerprint"))
+                          system_fingerprint=data.get("system_fingerprint"),
+                          choices=others or None)
 
     async def stream(self, request: ChatRequest, model: ModelProfile) -> AsyncIterator[Chunk]:
         """Send a streaming request; yield content and tool-call deltas, then one final chunk with
@@ -143,6 +149,27 @@ class OpenAIAdapter(ProviderAdapter):
         yield Chunk(finish_reason=finish or "stop", usage=usage,
                     role=None if emitted else role or "assistant")
 
+    async def embed(self, request: EmbeddingRequest, model: ModelProfile) -> Embeddings:
+        """``POST {base_url}/embeddings``: the texts as a list, vectors asked as floats (the
+        frontend encodes them as the client asked), ``dimensions`` and ``user`` passed on."""
+        payload: dict[str, Any] = {"model": model.upstream, "input": list(request.texts),
+                                   "encoding_format": "float"}
+        if request.dimensions is not None:
+            payload["dimensions"] = request.dimensions
+        if request.user is not None:
+            payload["user"] = request.user
+        data = await self.post_json(f"{self.base_url}/embeddings", orjson.dumps(payload), model)
+        items = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(items, list) or not all(
+                isinstance(i, dict) and isinstance(i.get("embedding"), list) for i in items):
+            raise ProviderUnavailable(f"{self.name} sent an embeddings answer without a list of "
+                                      "vectors in 'data'", provider=self.name, model=model.name)
+        items = sorted(items, key=lambda i: i.get("index") or 0)
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        return Embeddings([i["embedding"] for i in items],
+                          Usage(int(usage.get("prompt_tokens") or 0), 0),
+                          model=model.name, provider=self.name)
+
 
 class OpenAICompatibleAdapter(OpenAIAdapter):
     """Servers that speak OpenAI's protocol at another ``base_url``: vLLM, Ollama, llama.cpp,
@@ -150,6 +177,15 @@ class OpenAICompatibleAdapter(OpenAIAdapter):
 
     kind = "openai-compatible"
     default_base_url = None
+
+
+def _choice(choice: dict[str, Any], model: str, provider: str) -> Completion:
+    """A further choice (``n`` > 1) of an OpenAI answer, as a completion without usage."""
+    message = choice.get("message") or {}
+    return Completion(content=message.get("content"),
+                      finish_reason=choice.get("finish_reason") or "stop",
+                      tool_calls=message.get("tool_calls") or None, model=model, provider=provider,
+                      refusal=message.get("refusal"), logprobs=choice.get("logprobs"))
 
 
 def _usage(raw: Any) -> Usage:

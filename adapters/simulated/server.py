@@ -4,7 +4,10 @@ responses, usage, model objects and the SSE frames of a paced stream."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import math
 import re
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -61,8 +64,9 @@ def _bad_request(exc: ValidationError) -> Response:
 
 
 def fleet_app(settings: Simulation, *, seed: int | None = None) -> Starlette:
-    """The fleet as an ASGI app: ``POST /v1/chat/completions`` and ``GET /v1/models`` for the
-    models of ``settings``, with outcomes drawn from an RNG seeded with ``seed``."""
+    """The fleet as an ASGI app: ``POST /v1/chat/completions``, ``POST /v1/embeddings`` and
+    ``GET /v1/models`` for the models of ``settings``, with outcomes drawn from an RNG seeded
+    with ``seed`` (embeddings are deterministic and never fail)."""
     dice = Dice(seed)
     models = settings.models
 
@@ -133,11 +137,69 @@ def fleet_app(settings: Simulation, *, seed: int | None = None) -> Starlette:
                               f"{getattr(exc, 'detail', 'error')}", "invalid_request_error",
                               "not_found" if status == 404 else None)
 
+    async def embed(request: Request) -> Response:
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as exc:
+            return error_response(400, f"The body is not valid JSON ({exc.msg}).",
+                                  "invalid_request_error", "invalid_json")
+        return embeddings_response(body, models)
+
     return Starlette(routes=[
         Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/embeddings", embed, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{name:path}", get_model, methods=["GET"]),
     ], exception_handlers={HTTPException: http_error})
+
+
+EMBEDDING_DIMENSIONS = 256
+"""Length of the fleet's vectors when the request sets no ``dimensions``."""
+
+
+def embedding(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """A deterministic unit vector for ``text``: the same text always gives the same vector,
+    different texts (almost surely) different ones. Components come from SHA-256 of the text
+    and a block counter, mapped to [-1, 1], then normalised."""
+    seed = text.encode()
+    raw: list[float] = []
+    block = 0
+    while len(raw) < dimensions:
+        digest = hashlib.sha256(seed + block.to_bytes(4, "big")).digest()
+        raw += [v / 32767.5 - 1.0 for v in struct.unpack(">16H", digest)]
+        block += 1
+    raw = raw[:dimensions]
+    norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+    return [v / norm for v in raw]
+
+
+def embeddings_response(body: Any, models: dict[str, SimulatedModel]) -> Response:
+    """``POST /v1/embeddings`` of the fleet: OpenAI's request and answer shape, float vectors
+    from :func:`embedding`, tokens counted as the gateway counts them."""
+    if not isinstance(body, dict):
+        return error_response(400, "The body must be a JSON object.", "invalid_request_error",
+                              "invalid_request")
+    name = body.get("model")
+    if name not in models:
+        return error_response(404, f"The model '{name}' does not exist in the simulated fleet; "
+                              f"it serves {sorted(models)}.", "invalid_request_error",
+                              "model_not_found", "model")
+    texts = body.get("input")
+    texts = [texts] if isinstance(texts, str) else texts
+    if not isinstance(texts, list) or not texts or not all(
+            isinstance(t, str) and t for t in texts):
+        return error_response(400, "input must be a non-empty string or list of non-empty "
+                              "strings.", "invalid_request_error", "invalid_request", "input")
+    dimensions = body.get("dimensions") or EMBEDDING_DIMENSIONS
+    if isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1:
+        return error_response(400, "dimensions must be a positive integer.",
+                              "invalid_request_error", "invalid_request", "dimensions")
+    counted = sum(tokens.count(t) for t in texts)
+    return JSONResponse({
+        "object": "list", "model": name,
+        "data": [{"object": "embedding", "index": i, "embedding": embedding(t, dimensions)}
+                 for i, t in enumerate(texts)],
+        "usage": {"prompt_tokens": counted, "total_tokens": counted}})
 
 
 def _completion_id() -> str:

@@ -5,6 +5,12 @@ messages inside ``messages``, a missing ``max_tokens`` and unanswered ``tool_use
 the real API does, and answers with real message objects, the real SSE event sequence
 (``message_start`` ... ``message_stop``, with ``ping``) and ``{"type": "error", "error": {...}}``
 errors.
+
+With ``thinking`` it checks what the real API checks (a budget of at least 1024 below
+``max_tokens``, no ``temperature``/``top_p`` beside it) and answers with a ``thinking`` block
+before the text, its tokens counted in ``output_tokens``. A system prompt it has seen before is
+read from its cache: ``cache_read_input_tokens``, apart from ``input_tokens``, as the real API
+reports them.
 """
 
 from __future__ import annotations
@@ -167,8 +173,26 @@ def _answer(body: dict[str, Any], behaviour: Behaviour) -> tuple[str, dict | Non
     return f"Echo: {user}", None
 
 
+def _thinking_problem(body: dict[str, Any]) -> str | None:
+    """The real API's 400 for extended thinking it cannot run, or None."""
+    thinking = body.get("thinking")
+    if not thinking or thinking.get("type") != "enabled":
+        return None
+    budget = thinking.get("budget_tokens")
+    if not isinstance(budget, int) or budget < 1024:
+        return "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024"
+    if body["max_tokens"] <= budget:
+        return "`max_tokens` must be greater than `thinking.budget_tokens`."
+    if body.get("temperature") not in (None, 1):
+        return "`temperature` may only be set to 1 when thinking is enabled."
+    if body.get("top_p") is not None and body["top_p"] < 0.95:
+        return "`top_p` must be unset or at least 0.95 when thinking is enabled."
+    return None
+
+
 def anthropic_app(script: Script, api_key: str = "sk-ant-test") -> Starlette:
     """The fake Anthropic API, accepting only ``api_key``."""
+    seen_systems: set[str] = set()
 
     async def messages(request: Request) -> Response:
         try:
@@ -186,6 +210,9 @@ def anthropic_app(script: Script, api_key: str = "sk-ant-test") -> Starlette:
         invalid = _check(body)
         if invalid is not None:
             return invalid
+        problem = _thinking_problem(body)
+        if problem:
+            return _invalid(problem)
         asked = next((_text(m) for m in reversed(body["messages"]) if m.get("role") == "user"),
                       "")
         try:
@@ -205,6 +232,10 @@ def anthropic_app(script: Script, api_key: str = "sk-ant-test") -> Starlette:
         prompt = count_tokens(system) + sum(count_tokens(_text(m) + " ".join(
             _result_text(b) for b in _blocks(m) if b.get("type") == "tool_result"))
             for m in body["messages"])
+        cached = count_tokens(system) if system and system in seen_systems else 0
+        seen_systems.add(system)
+        prompt -= cached  # input_tokens leaves out what was read from the cache
+        thought = f"Thinking about: {asked}" if body.get("thinking") else ""
         if isinstance(behaviour, Refuse):
             # Claude's safety classifiers do not answer with an HTTP error: the message ends
             # with stop_reason "refusal" (and, here, no content).
@@ -212,34 +243,47 @@ def anthropic_app(script: Script, api_key: str = "sk-ant-test") -> Starlette:
         else:
             text, call = _answer(body, behaviour)
             stop = "tool_use" if call else "end_turn"
-        output = count_tokens(text) + (count_tokens(orjson.dumps(call["input"]).decode()) + 1
-                                       if call else 0)
+        output = count_tokens(text) + count_tokens(thought) + (
+            count_tokens(orjson.dumps(call["input"]).decode()) + 1 if call else 0)
         ident = "msg_" + uuid.uuid4().hex[:24]
         if not body.get("stream"):
-            content = ([{"type": "text", "text": text}] if text else []) + ([call] if call else [])
+            content = ([{"type": "thinking", "thinking": thought, "signature": "sig"}]
+                       if thought else []) \
+                + ([{"type": "text", "text": text}] if text else []) + ([call] if call else [])
             return Response(orjson.dumps({
                 "id": ident, "type": "message", "role": "assistant", "model": body["model"],
                 "content": content, "stop_reason": stop, "stop_sequence": None,
                 "usage": {"input_tokens": prompt, "output_tokens": output,
-                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}),
+                          "cache_creation_input_tokens": 0,
+                          "cache_read_input_tokens": cached}}),
                 media_type="application/json")
         head = [sse({"type": "message_start", "message": {
             "id": ident, "type": "message", "role": "assistant", "model": body["model"],
             "content": [], "stop_reason": None, "stop_sequence": None,
             "usage": {"input_tokens": prompt, "output_tokens": 1,
-                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}},
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached}}},
             "message_start")]
         frames: list[bytes] = []
         index = 0
+        if thought:
+            head.append(sse({"type": "content_block_start", "index": 0, "content_block": {
+                "type": "thinking", "thinking": "", "signature": ""}}, "content_block_start"))
+            head.append(sse({"type": "content_block_delta", "index": 0, "delta": {
+                "type": "thinking_delta", "thinking": thought}}, "content_block_delta"))
+            head.append(sse({"type": "content_block_delta", "index": 0, "delta": {
+                "type": "signature_delta", "signature": "sig"}}, "content_block_delta"))
+            head.append(sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
+            index = 1
         if text:
-            head.append(sse({"type": "content_block_start", "index": 0,
+            head.append(sse({"type": "content_block_start", "index": index,
                              "content_block": {"type": "text", "text": ""}}, "content_block_start"))
             head.append(sse({"type": "ping"}, "ping"))
-            frames += [sse({"type": "content_block_delta", "index": 0,
+            frames += [sse({"type": "content_block_delta", "index": index,
                             "delta": {"type": "text_delta", "text": part}}, "content_block_delta")
                        for part in pieces(text)]
-            frames.append(sse({"type": "content_block_stop", "index": 0}, "content_block_stop"))
-            index = 1
+            frames.append(sse({"type": "content_block_stop", "index": index},
+                              "content_block_stop"))
+            index += 1
         if call:
             frames.append(sse({"type": "content_block_start", "index": index, "content_block": {
                 "type": "tool_use", "id": call["id"], "name": call["name"], "input": {}}},

@@ -5,6 +5,12 @@ Like the real API it takes the key from ``x-goog-api-key`` (a wrong key is a 400
 ``API_KEY_INVALID``, a missing one a 403), rejects unknown fields with "Invalid JSON payload
 received", accepts only the roles ``user`` and ``model`` and the OpenAPI subset of JSON Schema in
 function parameters, and answers with ``candidates``, ``usageMetadata`` and google.rpc errors.
+
+Like the real API it answers ``candidateCount`` candidates (the second and later ones marked
+``(2)``...), a ``logprobsResult`` per candidate when ``responseLogprobs`` is set, and with a
+``thinkingConfig`` budget reports ``thoughtsTokenCount`` apart from ``candidatesTokenCount``; a
+system instruction it has seen before counts as ``cachedContentTokenCount`` (within
+``promptTokenCount``), as implicit caching does.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from .openai_server import fake_vector
 from .script import (
     Behaviour,
     ClientGone,
@@ -188,8 +195,17 @@ def _answer(body: dict[str, Any], behaviour: Behaviour) -> tuple[str, dict | Non
     return f"Echo: {user}", None
 
 
+def _logprobs_result(text: str, top: int) -> dict:
+    """A ``logprobsResult`` for ``text``: one chosen candidate per word (up to three)."""
+    words = text.split()[:3]
+    chosen = [{"token": w, "tokenId": i, "logProbability": -0.5} for i, w in enumerate(words)]
+    return {"chosenCandidates": chosen,
+            "topCandidates": [{"candidates": [c][:top]} for c in chosen]}
+
+
 def gemini_app(script: Script, api_key: str = "AIza-test-key") -> Starlette:
     """The fake Gemini API, accepting only ``api_key``."""
+    seen_systems: set[str] = set()
 
     async def models(request: Request) -> Response:
         target = request.path_params["target"]
@@ -243,10 +259,19 @@ def gemini_app(script: Script, api_key: str = "AIza-test-key") -> Starlette:
                 return Response(orjson.dumps(blocked), media_type="application/json")
             return StreamingResponse(iter([sse(blocked)]), media_type="text/event-stream")
         text, call = _answer(body, behaviour)
-        output = count_tokens(text) + (count_tokens(orjson.dumps(call["args"]).decode()) + 1
-                                       if call else 0)
+        config = body.get("generationConfig") or {}
+        count = config.get("candidateCount") or 1
+        texts = [text if i == 0 or not text else f"{text} ({i + 1})" for i in range(count)]
+        output = sum(count_tokens(t) for t in texts) + count * (
+            count_tokens(orjson.dumps(call["args"]).decode()) + 1 if call else 0)
+        thoughts = min((config.get("thinkingConfig") or {}).get("thinkingBudget") or 0, 40)
         usage = {"promptTokenCount": prompt, "candidatesTokenCount": output,
-                 "totalTokenCount": prompt + output}
+                 "totalTokenCount": prompt + output + thoughts}
+        if thoughts:
+            usage["thoughtsTokenCount"] = thoughts
+        if system and system in seen_systems:
+            usage["cachedContentTokenCount"] = count_tokens(system)
+        seen_systems.add(system)
 
         def frame(parts: list[dict], finish: str | None = None, final: bool = False) -> dict:
             candidate: dict[str, Any] = {"content": {"parts": parts, "role": "model"},
@@ -257,9 +282,16 @@ def gemini_app(script: Script, api_key: str = "AIza-test-key") -> Starlette:
                 "promptTokenCount": prompt, "totalTokenCount": prompt}, **meta}
 
         if not stream:
-            parts = ([{"text": text}] if text else []) + ([{"functionCall": call}] if call else [])
-            return Response(orjson.dumps(frame(parts, "STOP", final=True)),
-                            media_type="application/json")
+            answer = frame([], "STOP", final=True)
+            answer["candidates"] = []
+            for i, t in enumerate(texts):
+                parts = ([{"text": t}] if t else []) + ([{"functionCall": call}] if call else [])
+                candidate = {"content": {"parts": parts, "role": "model"}, "index": i,
+                             "finishReason": "STOP"}
+                if config.get("responseLogprobs"):
+                    candidate["logprobsResult"] = _logprobs_result(t, config.get("logprobs") or 0)
+                answer["candidates"].append(candidate)
+            return Response(orjson.dumps(answer), media_type="application/json")
         chunks = [[{"text": part}] for part in pieces(text)] if text else []
         if call:
             chunks.append([{"functionCall": call}])
@@ -275,4 +307,46 @@ def gemini_app(script: Script, api_key: str = "AIza-test-key") -> Starlette:
         return StreamingResponse(stream_body([], [sse(f) for f in frames], [sse(last)], behaviour,
                                              error), media_type="text/event-stream")
 
-    return Starlette(routes=[Route("/v1beta/models/{target}", models, methods=["POST"])])
+    return Starlette(routes=[
+        Route("/v1beta/models/{model}:batchEmbedContents", batch_embed(script, api_key),
+              methods=["POST"]),
+        Route("/v1beta/models/{target}", models, methods=["POST"])])
+
+
+def batch_embed(script: Script, api_key: str):
+    """``POST /v1beta/models/{model}:batchEmbedContents`` of the fake Gemini API: the key in
+    ``x-goog-api-key``, each request naming ``models/{model}``, ``outputDimensionality``
+    honoured, the script's behaviours (``Status`` for an error); no usage, as Gemini sends
+    none."""
+
+    async def embed(request: Request) -> Response:
+        model = request.path_params["model"]
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return _invalid("Invalid JSON payload received.")
+        script.record(request.url.path, dict(request.headers), body)
+        if request.headers.get("x-goog-api-key") != api_key:
+            return _invalid("API key not valid. Please pass a valid API key.")
+        asks = body.get("requests") if isinstance(body, dict) else None
+        if not isinstance(asks, list) or not asks:
+            return _invalid("* BatchEmbedContentsRequest.requests: must not be empty")
+        texts = []
+        for i, ask in enumerate(asks):
+            if not isinstance(ask, dict) or ask.get("model") != f"models/{model}":
+                return _invalid(f"* BatchEmbedContentsRequest.requests[{i}].model: must be "
+                                f"models/{model}")
+            parts = (ask.get("content") or {}).get("parts") or []
+            if not parts or not all(isinstance(p, dict) and isinstance(p.get("text"), str)
+                                    for p in parts):
+                return _invalid(f"* BatchEmbedContentsRequest.requests[{i}].content: must "
+                                "have text parts")
+            texts.append(("".join(p["text"] for p in parts), ask.get("outputDimensionality")))
+        behaviour = await script.settle(model, texts[0][0])
+        if isinstance(behaviour, Status):
+            return _status(behaviour)
+        return Response(orjson.dumps({"embeddings": [{"values": fake_vector(t, d)}
+                                                     for t, d in texts]}),
+                        media_type="application/json")
+
+    return embed

@@ -4,10 +4,18 @@ It checks the Bearer key, the model and the tool-message ordering the way the re
 answers in the real shapes: ``chat.completion`` objects, ``chat.completion.chunk`` SSE frames
 ending with ``data: [DONE]``, a usage-only chunk when ``stream_options.include_usage`` is set, and
 errors as ``{"error": {"message", "type", "param", "code"}}``.
+
+Like the real API it answers ``n`` choices (the second and later ones marked ``(2)``, ``(3)``...),
+log probabilities when asked, reasoning tokens when ``reasoning_effort`` is set (counted in the
+completion tokens) and, for a prompt whose system message it has seen before, that message's
+tokens as ``prompt_tokens_details.cached_tokens`` (the real API caches prompt prefixes).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import struct
 import time
 import uuid
 from typing import Any
@@ -124,8 +132,13 @@ def _answer(body: dict[str, Any], behaviour: Behaviour) -> tuple[str | None, dic
     return f"Echo: {user}", None
 
 
+REASONING_TOKENS = {"minimal": 0, "low": 8, "medium": 32, "high": 128}
+"""Reasoning tokens the fake reports for each ``reasoning_effort``."""
+
+
 def openai_app(script: Script, api_key: str | None = "sk-test") -> Starlette:
     """The fake OpenAI API; with ``api_key=None`` it accepts any or no key (like a local vLLM)."""
+    seen_systems: set[str] = set()
 
     async def chat_completions(request: Request) -> Response:
         try:
@@ -177,16 +190,30 @@ def openai_app(script: Script, api_key: str | None = "sk-test") -> Starlette:
                 "contain text that is not allowed by our safety system.",
                 "invalid_request_error", "content_policy_violation"))
         text, call = _answer(body, behaviour)
+        n = body.get("n") or 1
+        texts = [text if i == 0 or text is None else f"{text} ({i + 1})" for i in range(n)]
         prompt = sum(count_tokens(_text(m)) for m in body["messages"])
-        completion = count_tokens(text or "") + (
-            count_tokens(call["function"]["arguments"]) + 1 if call else 0)
+        reasoning = REASONING_TOKENS.get(body.get("reasoning_effort") or "minimal", 0)
+        completion = sum(count_tokens(t or "") for t in texts) + n * reasoning + (
+            n * (count_tokens(call["function"]["arguments"]) + 1) if call else 0)
+        system = next((_text(m) for m in body["messages"] if m.get("role") == "system"), "")
+        cached = count_tokens(system) if system in seen_systems else 0
+        seen_systems.add(system)
         usage = {"prompt_tokens": prompt, "completion_tokens": completion,
                  "total_tokens": prompt + completion,
-                 "completion_tokens_details": {"reasoning_tokens": 0}}
-        # Asked for, log probabilities come back as OpenAI shapes them (one entry per word).
-        logprobs = {"content": [{"token": w, "logprob": -0.25, "bytes": list(w.encode()),
-                                 "top_logprobs": []} for w in (text or "").split()[:3]],
-                    "refusal": None} if body.get("logprobs") else None
+                 "prompt_tokens_details": {"cached_tokens": cached},
+                 "completion_tokens_details": {"reasoning_tokens": n * reasoning}}
+
+        def logprobs_of(answer: str | None) -> dict | None:
+            # Asked for, log probabilities come back as OpenAI shapes them (one entry per word).
+            if not body.get("logprobs"):
+                return None
+            top = body.get("top_logprobs") or 0
+            return {"content": [{"token": w, "logprob": -0.25, "bytes": list(w.encode()),
+                                 "top_logprobs": [{"token": w, "logprob": -0.25,
+                                                   "bytes": list(w.encode())}][:top]}
+                                for w in (answer or "").split()[:3]], "refusal": None}
+
         ident = "chatcmpl-" + uuid.uuid4().hex[:24]
         meta = {"id": ident, "created": int(time.time()), "model": body["model"],
                 "system_fingerprint": "fp_fake"}
@@ -195,10 +222,11 @@ def openai_app(script: Script, api_key: str | None = "sk-test") -> Starlette:
             message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
             if call:
                 message["tool_calls"] = [call]
+            choices = [{"index": i, "message": {**message, "content": t},
+                        "logprobs": logprobs_of(t), "finish_reason": finish}
+                       for i, t in enumerate(texts)]
             return Response(orjson.dumps({
-                **meta, "object": "chat.completion",
-                "choices": [{"index": 0, "message": message, "logprobs": logprobs,
-                             "finish_reason": finish}],
+                **meta, "object": "chat.completion", "choices": choices,
                 "usage": usage}), media_type="application/json")
         with_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
@@ -234,4 +262,53 @@ def openai_app(script: Script, api_key: str | None = "sk-test") -> Starlette:
         return StreamingResponse(stream_body(head, body_frames, tail, behaviour, error),
                                  media_type="text/event-stream")
 
-    return Starlette(routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"])])
+    return Starlette(routes=[Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+                             Route("/v1/embeddings", embeddings_endpoint(script, api_key),
+                                   methods=["POST"])])
+
+
+FAKE_DIMENSIONS = 16
+"""Length of the fakes' vectors when a request sets no dimensions."""
+
+
+def fake_vector(text: str, dimensions: int | None = None) -> list[float]:
+    """A deterministic vector for ``text`` (from SHA-256 of it), ``dimensions`` long."""
+    digest = hashlib.sha256(text.encode()).digest()
+    size = dimensions or FAKE_DIMENSIONS
+    return [round(digest[i % len(digest)] / 255 - 0.5, 6) for i in range(size)]
+
+
+def embeddings_endpoint(script: Script, api_key: str | None):
+    """``POST /v1/embeddings`` of the fake OpenAI API: the same key check as chat, the script's
+    behaviours (``Status`` for an error), and fake vectors; base64 when asked."""
+
+    async def embeddings(request: Request) -> Response:
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return _error(400, error_body("We could not parse the JSON body of your request.",
+                                          "invalid_request_error", None))
+        script.record(request.url.path, dict(request.headers), body)
+        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+            return _error(401, error_body("Incorrect API key provided.", "invalid_request_error",
+                                          "invalid_api_key"))
+        texts = body.get("input") if isinstance(body, dict) else None
+        texts = [texts] if isinstance(texts, str) else texts
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            return _error(400, error_body("'input' must be a string or an array of strings.",
+                                          "invalid_request_error", None, "input"))
+        behaviour = await script.settle(body.get("model", ""), texts[0])
+        if isinstance(behaviour, Status):
+            return _status(behaviour)
+        base64_wanted = body.get("encoding_format") == "base64"
+        data = []
+        for i, text in enumerate(texts):
+            vector = fake_vector(text, body.get("dimensions"))
+            data.append({"object": "embedding", "index": i, "embedding": base64.b64encode(
+                struct.pack(f"<{len(vector)}f", *vector)).decode() if base64_wanted else vector})
+        used = sum(count_tokens(t) for t in texts)
+        return Response(orjson.dumps({"object": "list", "data": data, "model": body["model"],
+                                      "usage": {"prompt_tokens": used, "total_tokens": used}}),
+                        media_type="application/json")
+
+    return embeddings
