@@ -320,7 +320,8 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
     if exc.status_code == 404:
         return error_response(NotFound(f"No endpoint {request.method} {request.url.path}; "
                                        "the API serves /v1/chat/completions, /v1/responses, "
-                                       "/v1/messages, /v1/models and /v1/feedback."))
+                                       "/v1/messages, /v1/embeddings, /v1/models and "
+                                       "/v1/feedback."))
     error = TurnoutError(str(exc.detail))
     error.status, error.type, error.code = exc.status_code, "invalid_request_error", "http_error"
     return error_response(error)
