@@ -149,10 +149,7 @@ class Gateway:
         self.max_body = kernel.config.server.max_body_bytes
 
     async def chat_completions(self, http: Request) -> Response:
-        request_id = new_request_id()  # ours, never the client's: it keys the record
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-        explain = http.headers.get(EXPLAIN_HEADER) == "1"
+        request_id, explain = begin(http)
         try:
             key = await self.authenticate(http)
             request = await self._parse(http)
@@ -314,6 +311,16 @@ class Gateway:
         if not self.kernel.started:
             return JSONResponse({"status": "starting"}, status_code=503)
         return JSONResponse({"status": "ready", "models": len(self.kernel.models)})
+
+
+def begin(http: Request) -> tuple[str, bool]:
+    """A request arriving at any front door: its id (ours, never the client's: it keys the
+    record), bound to the log context, and whether it asked for the decision record
+    (``x-turnout-explain: 1``)."""
+    request_id = new_request_id()
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    return request_id, http.headers.get(EXPLAIN_HEADER) == "1"
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:

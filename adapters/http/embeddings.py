@@ -14,13 +14,12 @@ import struct
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
 from turnout.kernel.embeddings import EmbeddingAnswer, EmbeddingRequest
 from turnout.kernel.errors import BadRequest, TurnoutError
-from turnout.kernel.types import Caller, new_request_id
+from turnout.kernel.types import Caller
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -67,10 +66,7 @@ class EmbeddingsAPI:
     async def create(self, http: Request) -> Response:
         from . import app as api  # the API module imports this one
 
-        request_id = new_request_id()
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-        explain = http.headers.get(api.EXPLAIN_HEADER) == "1"
+        request_id, explain = api.begin(http)
         try:
             key = await self.gateway.authenticate(http)
             request = parse_embeddings(await self.gateway._body(http))

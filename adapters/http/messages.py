@@ -62,7 +62,7 @@ from turnout.kernel.request import (
     too_deep,
 )
 from turnout.kernel.tokens import count_request
-from turnout.kernel.types import Answer, Caller, ChatRequest, Chunk, Completion, new_request_id
+from turnout.kernel.types import Answer, Caller, ChatRequest, Chunk, Completion
 
 from . import app
 from .wire import error_json
@@ -557,10 +557,7 @@ class MessagesAPI:
 
     async def create(self, http: Request) -> Response:
         """``POST /v1/messages``: an answer as a ``message``, or Anthropic's SSE events."""
-        request_id = new_request_id()
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-        explain = http.headers.get(app.EXPLAIN_HEADER) == "1"
+        request_id, explain = app.begin(http)
         try:
             key = await self.authenticate(http)
             asked = parse(await self.gateway._body(http), MessagesRequest)

@@ -46,7 +46,7 @@ from starlette.responses import Response, StreamingResponse
 
 from turnout.kernel.errors import BadRequest, TurnoutError, clip
 from turnout.kernel.request import MAX_NESTING, describe, too_deep
-from turnout.kernel.types import Caller, ChatRequest, Chunk, Completion, Usage, new_request_id
+from turnout.kernel.types import Caller, ChatRequest, Chunk, Completion, Usage
 
 from .wire import error_json
 
@@ -495,10 +495,7 @@ class ResponsesAPI:
     async def create(self, http: Request) -> Response:
         from . import app as api  # the API module imports this one
 
-        request_id = new_request_id()
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-        explain = http.headers.get(api.EXPLAIN_HEADER) == "1"
+        request_id, explain = api.begin(http)
         try:
             key = await self.gateway.authenticate(http)
             request = parse_responses(await self.gateway._body(http))
