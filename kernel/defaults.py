@@ -1,9 +1,9 @@
 """The embedded default configuration: what ``turnout serve`` runs with no config file.
 
-A simulated fleet of four tiers, served over real local HTTP, behind three routes and two rules,
-so routing, fallbacks and costs show from the first request. Provider keys in the environment
-(``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ``GEMINI_API_KEY``) add the real providers' models at
-the front of the routes.
+A simulated fleet of four tiers (and an embedding model), served over real local HTTP, behind
+three routes and two rules, so routing, fallbacks and costs show from the first request. Provider
+keys in the environment (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ``GEMINI_API_KEY``) add the
+real providers' models at the front of the routes.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ def embedded(environ: Mapping[str, str]) -> dict[str, Any]:
         models[name] = {"provider": "fleet", "context_window": 32_000 * (tier + 1),
                         "input_price": pin, "output_price": pout, "tier": tier,
                         "description": f"simulated tier {tier}"}
+    models["sim-embed"] = {"provider": "fleet", "capabilities": ["embeddings"],
+                           "input_price": 0.02, "description": "simulated embeddings"}
     routes = {
         "cheap": ["sim-flaky", "sim-small", "sim-medium"],
         "balanced": ["sim-medium", "sim-small", "sim-large"],
@@ -71,6 +73,7 @@ def embedded(environ: Mapping[str, str]) -> dict[str, Any]:
         "simulation": {"models": {
             name: {"latency_ms": latency, "error_rate": errors, "rate_limit_rate": limited,
                    "quality": quality, "tokens_per_s": tps}
-            for name, (_, latency, errors, limited, quality, _, _, tps) in SIMULATED.items()}},
+            for name, (_, latency, errors, limited, quality, _, _, tps) in SIMULATED.items()}
+            | {"sim-embed": {"latency_ms": 5}}},
         "logging": {"format": "console"},
     }

@@ -84,7 +84,8 @@ def test_readme_quick_start_runs_as_written(tmp_path: Path) -> None:
     from turnout.kernel.defaults import embedded
 
     readme = (ROOT / "README.md").read_text()
-    (snippet,) = re.findall(r"```python\n(.*?)```", readme, re.S)
+    first, other_apis = re.findall(r"```python\n(.*?)```", readme, re.S)
+    snippet = first + other_apis  # the second continues the first (it reuses its client)
     config = embedded({})
     config["simulation"]["seed"] = 7
     (tmp_path / "seeded.yaml").write_text(yaml.safe_dump(config))
@@ -100,7 +101,11 @@ def test_readme_quick_start_runs_as_written(tmp_path: Path) -> None:
         lines = run.stdout.splitlines()
         assert lines[0].split()[0] in {"cheap", "balanced", "strong"}
         assert lines[1].startswith("[sim-")
-        assert '"' in lines[-1] and lines[-1].strip().startswith("{")
+        json_line = next(i for i, line in enumerate(lines) if line.strip().startswith("{"))
+        assert '"' in lines[json_line]
+        # The Messages and Responses APIs answered, then the embedding has the fleet's 256.
+        assert lines[json_line + 1].startswith("[sim-") and lines[json_line + 2].startswith("[sim-")
+        assert lines[-1] == "256"
     finally:
         server.send_signal(signal.SIGINT)
         server.communicate(timeout=30)

@@ -547,3 +547,15 @@ def test_same_structured_prompt_same_answer(gateway):
     assert len(answers) == 1
     prompt = critic.CRITIC_PROMPT.format(conversation="user: hi", draft="Hello! How can I help?")
     assert len({_ask(client, prompt) for _ in range(3)}) == 1
+
+
+def test_n_choices_are_n_answers(gateway) -> None:
+    raw = gateway.client(timeout=10).chat.completions.with_raw_response.create(
+        model="sim-good", n=3, messages=[{"role": "user", "content": "Name a river."}])
+    completion = raw.parse()
+    assert [c.index for c in completion.choices] == [0, 1, 2]
+    assert all(c.message.content for c in completion.choices)
+    one = gateway.client(timeout=10).chat.completions.create(
+        model="sim-good", messages=[{"role": "user", "content": "Name a river."}])
+    # Every choice is paid for: three answers' tokens.
+    assert completion.usage.completion_tokens > one.usage.completion_tokens

@@ -63,6 +63,14 @@ def _bad_request(exc: ValidationError) -> Response:
                           "invalid_request_error", "invalid_request", param)
 
 
+def _message(reply: Any) -> dict[str, Any]:
+    """A reply as an assistant message in OpenAI's shape."""
+    message: dict[str, Any] = {"role": "assistant", "content": reply.content, "refusal": None}
+    if reply.tool_calls:
+        message["tool_calls"] = reply.tool_calls
+    return message
+
+
 def fleet_app(settings: Simulation, *, seed: int | None = None) -> Starlette:
     """The fleet as an ASGI app: ``POST /v1/chat/completions``, ``POST /v1/embeddings`` and
     ``GET /v1/models`` for the models of ``settings``, with outcomes drawn from an RNG seeded
@@ -109,16 +117,15 @@ def fleet_app(settings: Simulation, *, seed: int | None = None) -> Starlette:
                 _stream(name, reply, prompt_tokens, behaviour, include_usage),
                 media_type="text/event-stream",
                 headers={**header, "cache-control": "no-cache"})
-        message: dict[str, Any] = {"role": "assistant", "content": reply.content,
-                                   "refusal": None}
-        if reply.tool_calls:
-            message["tool_calls"] = reply.tool_calls
+        # n choices: each of the others is an answer of its own roll of the dice.
+        replies = [reply] + [answer(name, chat_request, dice.roll(behaviour).good,
+                                    behaviour.quality) for _ in range((chat_request.n or 1) - 1)]
         return JSONResponse({
             "id": _completion_id(), "object": "chat.completion", "created": int(time.time()),
             "model": name, "system_fingerprint": "fp_sim",
-            "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": reply.finish_reason}],
-            "usage": _usage(prompt_tokens, reply.completion_tokens),
+            "choices": [{"index": i, "message": _message(r), "logprobs": None,
+                         "finish_reason": r.finish_reason} for i, r in enumerate(replies)],
+            "usage": _usage(prompt_tokens, sum(r.completion_tokens for r in replies)),
         }, headers=header)
 
     async def list_models(request: Request) -> Response:
