@@ -278,3 +278,10 @@ async def test_invalid_tool_arguments_are_refused_before_sending(adapter, script
                                    {"role": "tool", "tool_call_id": "call_1", "content": "x"}),
                                MODEL)
     assert script.requests == []
+
+
+async def test_passthrough_params_go_to_the_top_of_the_body(adapter, script):
+    listed = type(adapter)(adapter.name, adapter.config.model_copy(
+        update={"passthrough_params": ["top_k"]}), client=adapter.client)
+    await listed.complete(ask(user("hi"), top_k=5, other=1), MODEL)
+    assert script.last.body["top_k"] == 5 and "other" not in script.last.body

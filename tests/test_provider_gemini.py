@@ -235,3 +235,11 @@ async def test_too_many_input_tokens_is_context_too_long(adapter, script):
     with pytest.raises(ContextTooLong, match="exceeds the maximum number of tokens") as caught:
         await adapter.complete(ask(user("long")), MODEL)
     assert_clean(caught.value)
+
+
+async def test_passthrough_params_go_into_the_generation_config(adapter, script):
+    listed = type(adapter)(adapter.name, adapter.config.model_copy(
+        update={"passthrough_params": ["topK"]}), client=adapter.client)
+    await listed.complete(ask(user("hi"), temperature=0.2, topK=40, other=1), MODEL)
+    assert script.last.body["generationConfig"] == {"temperature": 0.2, "topK": 40}
+    assert "other" not in str(script.last.body)  # not listed: not sent

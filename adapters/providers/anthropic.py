@@ -74,9 +74,11 @@ class AnthropicAdapter(ProviderAdapter):
         return {"anthropic-version": self.config.api_version or DEFAULT_VERSION}
 
     def payload(self, request: ChatRequest, model: ModelProfile, *, stream: bool) -> dict[str, Any]:
-        """The Messages API body for ``request``."""
+        """The Messages API body for ``request``, with the fields ``passthrough_params`` lets
+        through at its top level (``top_k``, say)."""
         try:
-            return to_messages_request(request, model, stream=stream)
+            return {**to_messages_request(request, model, stream=stream),
+                    **self.passed_through(request)}
         except ValueError as exc:
             raise ProviderBadRequest(f"{self.name} cannot take this request: {exc}",
                                      provider=self.name, model=model.name) from None

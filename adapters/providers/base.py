@@ -13,7 +13,7 @@ import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 from turnout.kernel.provider import Provider
-from turnout.kernel.types import ModelProfile
+from turnout.kernel.types import ChatRequest, ModelProfile
 
 from .errors import (
     araise_for_status,
@@ -100,6 +100,12 @@ class ProviderAdapter(Provider):
     async def aclose(self) -> None:
         """Close the pooled HTTP client."""
         await self.client.aclose()
+
+    def passed_through(self, request: ChatRequest) -> dict[str, Any]:
+        """The request's fields OpenAI's API does not define that this provider's
+        ``passthrough_params`` lists, as the client sent them."""
+        extra = request.model_extra or {}
+        return {name: extra[name] for name in self.config.passthrough_params if name in extra}
 
 
 def append_turn(turns: list[dict[str, Any]], key: str, role: str,

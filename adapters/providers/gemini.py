@@ -62,9 +62,18 @@ class GeminiAdapter(ProviderAdapter):
     key_header = "x-goog-api-key"
     """The key travels in a header, never in the URL, so it cannot leak through URL logging."""
 
+    def payload(self, request: ChatRequest, model: ModelProfile) -> dict[str, Any]:
+        """The generateContent body for ``request``; the fields ``passthrough_params`` lets
+        through go into ``generationConfig`` as the client named them (``topK``, say)."""
+        body = to_generate_request(request, model)
+        extra = self.passed_through(request)
+        if extra:
+            body["generationConfig"] = {**body.get("generationConfig", {}), **extra}
+        return body
+
     async def complete(self, request: ChatRequest, model: ModelProfile) -> Completion:
         """Send a non-streaming request and return the whole answer."""
-        body = orjson.dumps(to_generate_request(request, model))
+        body = orjson.dumps(self.payload(request, model))
         data = await self.post_json(self.url(model, stream=False), body, model)
         if not isinstance(data, dict):
             raise ProviderUnavailable(f"{self.name} sent an answer that is not a JSON object",
@@ -92,7 +101,7 @@ class GeminiAdapter(ProviderAdapter):
     async def stream(self, request: ChatRequest, model: ModelProfile) -> AsyncIterator[Chunk]:
         """Send a streaming request; yield text and tool-call deltas, then a final chunk with the
         finish reason and usage. A stream without a finish reason, or with an error, raises."""
-        body = orjson.dumps(to_generate_request(request, model))
+        body = orjson.dumps(self.payload(request, model))
         emitted = False
         finish: str | None = None
         usage = Usage()
