@@ -42,6 +42,7 @@ from turnout.kernel.types import Answer, Caller, ChatRequest, new_request_id
 from .auth import KeyRing
 from .embeddings import EmbeddingsAPI
 from .messages import MessagesAPI
+from .openapi import OpenAPI
 from .parse import parse_request
 from .responses import ResponsesAPI
 from .wire import ChunkFramer, completion_json, error_bytes
@@ -367,6 +368,7 @@ def create_app(kernel: Kernel, *, manage_kernel: bool = True) -> Starlette:
         Route("/v1/feedback", gateway.feedback, methods=["POST"]),
         Route("/healthz", gateway.healthz, methods=["GET"]),
         Route("/readyz", gateway.readyz, methods=["GET"]),
+        Route("/openapi.json", OpenAPI(kernel).serve, methods=["GET"]),
     ]
     taken = {route.path for route in routes}
     for path, extra in kernel.http_routes.items():
