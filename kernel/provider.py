@@ -31,7 +31,9 @@ class ProviderSettings(BaseModel):
     passthrough_params: list[str] = Field(
         default_factory=list, description="Request fields OpenAI's API does not define that "
         "clients may send and this provider receives as they are (vLLM's top_k, "
-        "repetition_penalty...). Any other unknown field is refused with a 400.")
+        "repetition_penalty...): beside the others on OpenAI-format kinds, at the top of the "
+        "body on anthropic (top_k), inside generationConfig on gemini (topK). Any other "
+        "unknown field is refused with a 400.")
 
 
 class Provider(ABC):
