@@ -53,18 +53,17 @@ from turnout.kernel.errors import (
     clip,
 )
 from turnout.kernel.request import (
-    MAX_NESTING,
     SchemaInvalid,
     check,
     check_one_of,
     check_schema,
     describe,
-    too_deep,
 )
 from turnout.kernel.tokens import count_request
 from turnout.kernel.types import Answer, Caller, ChatRequest, Chunk, Completion
 
 from . import app
+from .parse import json_object
 from .wire import error_json
 
 log = structlog.get_logger("turnout.http")
@@ -238,19 +237,7 @@ class MessagesRequest(Conversation):
 
 def parse(body: bytes | bytearray, model: type[Conversation]) -> Conversation:
     """The request in ``body`` as ``model``; BadRequest says what is wrong and where."""
-    if not body:
-        raise BadRequest("The request body is empty; send a JSON Messages API request.")
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"The request body is not valid JSON ({exc.msg} at position "
-                         f"{exc.pos}).") from None
-    if not isinstance(data, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    deep = too_deep(data)
-    if deep is not None:
-        raise BadRequest(f"The request nests objects and arrays more than {MAX_NESTING} levels "
-                         f"deep (at '{clip(deep)}').", param=clip(deep))
+    data = json_object(body, "a JSON Messages API request")
     try:
         return model.model_validate(data)
     except ValidationError as exc:

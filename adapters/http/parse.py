@@ -15,10 +15,12 @@ from turnout.kernel.request import MAX_NESTING, describe, too_deep
 from turnout.kernel.types import ChatRequest
 
 
-def parse_request(body: bytes | bytearray) -> ChatRequest:
-    """The chat request in ``body``; BadRequest says what is wrong and where."""
+def json_object(body: bytes | bytearray, send: str) -> dict:
+    """The JSON object a front door got in ``body``: BadRequest when the body is empty (``send``
+    says what to send instead), not JSON, not an object, or nested more than MAX_NESTING levels
+    deep (checked before any model walks it)."""
     if not body:
-        raise BadRequest("The request body is empty; send a JSON chat completion request.")
+        raise BadRequest(f"The request body is empty; send {send}.")
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -30,6 +32,12 @@ def parse_request(body: bytes | bytearray) -> ChatRequest:
     if deep is not None:
         raise BadRequest(f"The request nests objects and arrays more than {MAX_NESTING} levels "
                          f"deep (at '{clip(deep)}').", param=clip(deep))
+    return data
+
+
+def parse_request(body: bytes | bytearray) -> ChatRequest:
+    """The chat request in ``body``; BadRequest says what is wrong and where."""
+    data = json_object(body, "a JSON chat completion request")
     try:
         return ChatRequest.model_validate(data)
     except ValidationError as exc:

@@ -45,9 +45,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from turnout.kernel.errors import BadRequest, TurnoutError, clip
-from turnout.kernel.request import MAX_NESTING, describe, too_deep
+from turnout.kernel.request import describe
 from turnout.kernel.types import Caller, ChatRequest, Chunk, Completion, Usage
 
+from .parse import json_object
 from .wire import error_json
 
 if TYPE_CHECKING:
@@ -112,20 +113,7 @@ def refuse(message: str, param: str | None) -> BadRequest:
 
 def parse_responses(body: bytes | bytearray) -> ResponsesRequest:
     """The Responses request in ``body``; BadRequest says what is wrong and where."""
-    if not body:
-        raise BadRequest("The request body is empty; send a JSON Responses API request "
-                         '({"model": "...", "input": "..."}).')
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"The request body is not valid JSON ({exc.msg} at position "
-                         f"{exc.pos}).") from None
-    if not isinstance(data, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    deep = too_deep(data)
-    if deep is not None:
-        raise refuse(f"The request nests objects and arrays more than {MAX_NESTING} levels "
-                     f"deep (at '{clip(deep)}').", deep)
+    data = json_object(body, 'a JSON Responses API request ({"model": "...", "input": "..."})')
     try:
         request = ResponsesRequest.model_validate(data)
     except ValidationError as exc:
