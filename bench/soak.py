@@ -48,6 +48,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from overhead import free_port, process, rss_mb  # noqa: E402
+from upstream import read_body, send_json  # noqa: E402
 
 ROUTES = ("fallback", "cascade", "race", "ensemble", "critic", "chain", "trim")
 CRITIC_VERDICT = '{"score": 9, "feedback": "ok"}'
@@ -66,28 +67,10 @@ def upstream_app():
     calls: collections.Counter[str] = collections.Counter()
     faults: collections.Counter[str] = collections.Counter()
 
-    async def send_json(send, status: int, payload: dict, headers=()) -> None:
-        data = orjson.dumps(payload)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(data)).encode()), *headers]})
-        await send({"type": "http.response.body", "body": data})
-
     async def app(scope, receive, send):
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(scope, receive, send)
+        if body is None:
+            return
         if scope["path"] == "/faults":
             await send_json(send, 200, dict(faults))
             return

@@ -14,22 +14,39 @@ import orjson
 import uvicorn
 
 
-def app_with_delay(delay_s: float):
-    async def app(scope, receive, send):
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
+async def read_body(scope, receive, send) -> bytes | None:
+    """The body of an HTTP request, read whole; None for the ASGI lifespan, answered here until
+    the server shuts down."""
+    if scope["type"] == "lifespan":
         while True:
             message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return None
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body
+
+
+async def send_json(send, status: int, payload: dict, headers=()) -> None:
+    """A whole JSON answer."""
+    data = orjson.dumps(payload)
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(data)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": data})
+
+
+def app_with_delay(delay_s: float):
+    async def app(scope, receive, send):
+        body = await read_body(scope, receive, send)
+        if body is None:
+            return
         if scope["path"].endswith("/models"):
             payload = {"object": "list", "data": [{"id": "bench-model", "object": "model"}]}
         else:
@@ -43,11 +60,7 @@ def app_with_delay(delay_s: float):
                              "message": {"role": "assistant", "content": "The answer is 42."}}],
                 "usage": {"prompt_tokens": 12, "completion_tokens": 6, "total_tokens": 18},
             }
-        data = orjson.dumps(payload)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(data)).encode())]})
-        await send({"type": "http.response.body", "body": data})
+        await send_json(send, 200, payload)
 
     return app
 
