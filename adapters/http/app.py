@@ -154,12 +154,7 @@ class Gateway:
         try:
             key = await self.authenticate(http)
             request = await self._parse(http)
-            headers = {name: value for name, value in http.headers.items()
-                       if name not in PRIVATE_HEADERS}
-            caller = Caller(key=key.name if key else None,
-                            user=request.user or headers.get(USER_HEADER)
-                            or (key.user if key else None),
-                            team=key.team if key else None)
+            headers, caller = who_asked(http, key, request.user)
             if request.stream:
                 chunks = await self.kernel.ask_stream(request, caller=caller, headers=headers,
                                                       request_id=request_id)
@@ -312,6 +307,19 @@ class Gateway:
         if not self.kernel.started:
             return JSONResponse({"status": "starting"}, status_code=503)
         return JSONResponse({"status": "ready", "models": len(self.kernel.models)})
+
+
+def who_asked(http: Request, key: ApiKey | None, user: str | None,
+              private: frozenset[str] = frozenset()) -> tuple[dict[str, str], Caller]:
+    """The request's headers plugins may read (never credentials or cookies, nor ``private``),
+    and who asked: the gateway ``key``, the user (the body's ``user``, else ``x-turnout-user``,
+    else the key's owner) and the key's team."""
+    headers = {name: value for name, value in http.headers.items()
+               if name not in PRIVATE_HEADERS and name not in private}
+    caller = Caller(key=key.name if key else None,
+                    user=user or headers.get(USER_HEADER) or (key.user if key else None),
+                    team=key.team if key else None)
+    return headers, caller
 
 
 def begin(http: Request) -> tuple[str, bool]:

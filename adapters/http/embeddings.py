@@ -19,7 +19,6 @@ from starlette.responses import Response
 
 from turnout.kernel.embeddings import EmbeddingAnswer, EmbeddingRequest
 from turnout.kernel.errors import BadRequest, TurnoutError
-from turnout.kernel.types import Caller
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -70,12 +69,7 @@ class EmbeddingsAPI:
         try:
             key = await self.gateway.authenticate(http)
             request = parse_embeddings(await self.gateway._body(http))
-            headers = {name: value for name, value in http.headers.items()
-                       if name not in api.PRIVATE_HEADERS}
-            caller = Caller(key=key.name if key else None,
-                            user=request.user or headers.get(api.USER_HEADER)
-                            or (key.user if key else None),
-                            team=key.team if key else None)
+            headers, caller = api.who_asked(http, key, request.user)
             result = await self.kernel.embed(request, caller=caller, headers=headers,
                                              request_id=request_id)
         except TurnoutError as exc:

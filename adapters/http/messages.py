@@ -60,7 +60,7 @@ from turnout.kernel.request import (
     describe,
 )
 from turnout.kernel.tokens import count_request
-from turnout.kernel.types import Answer, Caller, ChatRequest, Chunk, Completion
+from turnout.kernel.types import Answer, ChatRequest, Chunk, Completion
 
 from . import app
 from .parse import json_object
@@ -549,12 +549,7 @@ class MessagesAPI:
             key = await self.authenticate(http)
             asked = parse(await self.gateway._body(http), MessagesRequest)
             request = to_chat_request(asked, passthrough=self.kernel.wiring.passthrough)
-            headers = {name: value for name, value in http.headers.items()
-                       if name not in app.PRIVATE_HEADERS and name not in PRIVATE_HEADERS}
-            caller = Caller(key=key.name if key else None,
-                            user=request.user or headers.get(app.USER_HEADER)
-                            or (key.user if key else None),
-                            team=key.team if key else None)
+            headers, caller = app.who_asked(http, key, request.user, PRIVATE_HEADERS)
             if request.stream:
                 chunks = await self.kernel.ask_stream(request, caller=caller, headers=headers,
                                                       request_id=request_id)

@@ -46,7 +46,7 @@ from starlette.responses import Response, StreamingResponse
 
 from turnout.kernel.errors import BadRequest, TurnoutError, clip
 from turnout.kernel.request import describe
-from turnout.kernel.types import Caller, ChatRequest, Chunk, Completion, Usage
+from turnout.kernel.types import ChatRequest, Chunk, Completion, Usage
 
 from .parse import json_object
 from .wire import error_json
@@ -490,10 +490,7 @@ class ResponsesAPI:
             owner = key.name if key else None
             history = await self.history(request.previous_response_id, owner)
             chat, turn = chat_request(request, history)
-            headers = {name: value for name, value in http.headers.items()
-                       if name not in api.PRIVATE_HEADERS}
-            caller = Caller(key=owner, user=request.user or headers.get(api.USER_HEADER)
-                            or (key.user if key else None), team=key.team if key else None)
+            headers, caller = api.who_asked(http, key, request.user)
             conversation = Conversation(self, request, response_id(request_id), owner,
                                         history + turn)
             if request.stream:
