@@ -8,7 +8,6 @@ client is the official openai SDK.
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack
 
 import httpx
 import openai
@@ -20,13 +19,9 @@ from .fakes import (
     Delay,
     ErrorInStream,
     Refuse,
-    Script,
     Status,
-    anthropic_app,
-    gemini_app,
-    openai_app,
-    serve,
 )
+from .fakes.fleet import every_provider
 from .gateway import running_gateway
 
 OPENAI_KEY, ANTHROPIC_KEY, GEMINI_KEY = "sk-openai-upstream-1234", "sk-ant-upstream-5678", \
@@ -35,17 +30,8 @@ OPENAI_KEY, ANTHROPIC_KEY, GEMINI_KEY = "sk-openai-upstream-1234", "sk-ant-upstr
 
 @pytest.fixture(scope="module")
 def fakes():
-    scripts = {"openai": Script(), "anthropic": Script(), "gemini": Script()}
-    with ExitStack() as stack:
-        urls = {
-            "openai": stack.enter_context(serve(openai_app(scripts["openai"],
-                                                           api_key=OPENAI_KEY))) + "/v1",
-            "anthropic": stack.enter_context(serve(anthropic_app(scripts["anthropic"],
-                                                                 api_key=ANTHROPIC_KEY))),
-            "gemini": stack.enter_context(serve(gemini_app(scripts["gemini"],
-                                                           api_key=GEMINI_KEY))) + "/v1beta",
-        }
-        yield scripts, urls
+    with every_provider(OPENAI_KEY, ANTHROPIC_KEY, GEMINI_KEY) as found:
+        yield found
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ the local OpenAI, Anthropic and Gemini fakes."""
 
 from __future__ import annotations
 
-from contextlib import ExitStack
-
 import anthropic
 import httpx
 import orjson
@@ -13,7 +11,8 @@ import pytest
 
 from turnout.kernel.tokens import count
 
-from .fakes import ErrorInStream, Script, Status, anthropic_app, gemini_app, openai_app, serve
+from .fakes import ErrorInStream, Status
+from .fakes.fleet import every_provider
 from .gateway import running_gateway
 
 OPENAI_KEY, ANTHROPIC_KEY, GEMINI_KEY = "sk-openai-up-1111", "sk-ant-up-2222", "AIzaUpGemini0123456789"
@@ -27,17 +26,8 @@ PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgG
 
 @pytest.fixture(scope="module")
 def fakes():
-    scripts = {"openai": Script(), "anthropic": Script(), "gemini": Script()}
-    with ExitStack() as stack:
-        urls = {
-            "openai": stack.enter_context(serve(openai_app(scripts["openai"],
-                                                           api_key=OPENAI_KEY))) + "/v1",
-            "anthropic": stack.enter_context(serve(anthropic_app(scripts["anthropic"],
-                                                                 api_key=ANTHROPIC_KEY))),
-            "gemini": stack.enter_context(serve(gemini_app(scripts["gemini"],
-                                                           api_key=GEMINI_KEY))) + "/v1beta",
-        }
-        yield scripts, urls
+    with every_provider(OPENAI_KEY, ANTHROPIC_KEY, GEMINI_KEY) as found:
+        yield found
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,13 @@ instance sharing a Redis store.
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack
 
 import httpx
 import openai
 import pytest
 
-from .fakes import ErrorInStream, Reply, Script, anthropic_app, gemini_app, openai_app, serve
+from .fakes import ErrorInStream, Reply
+from .fakes.fleet import every_provider
 from .gateway import running_gateway
 from .redis_support import prefix_fixture, redis_url_fixture  # noqa: F401 - the fixtures
 
@@ -30,17 +30,8 @@ WEATHER_TOOL = {"type": "function", "name": "get_weather", "description": "The w
 
 @pytest.fixture(scope="module")
 def fakes():
-    scripts = {"openai": Script(), "anthropic": Script(), "gemini": Script()}
-    with ExitStack() as stack:
-        urls = {
-            "openai": stack.enter_context(serve(openai_app(scripts["openai"],
-                                                           api_key=OPENAI_KEY))) + "/v1",
-            "anthropic": stack.enter_context(serve(anthropic_app(scripts["anthropic"],
-                                                                 api_key=ANTHROPIC_KEY))),
-            "gemini": stack.enter_context(serve(gemini_app(scripts["gemini"],
-                                                           api_key=GEMINI_KEY))) + "/v1beta",
-        }
-        yield scripts, urls
+    with every_provider(OPENAI_KEY, ANTHROPIC_KEY, GEMINI_KEY) as found:
+        yield found
 
 
 def config_for(urls: dict[str, str]) -> dict:
