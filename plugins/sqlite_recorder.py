@@ -68,6 +68,14 @@ FEEDBACK_COLUMNS = ("request_id", "created_at", "score", "comment", "source", "f
 came with the schema, ``feedback_id`` and ``user_id`` with migration 2): ``request_id`` is the
 request judged, ``created_at`` when the score was given, ``feedback_id`` the key."""
 
+CLIENT_REQUEST_ID_HEADER = "x-request-id"
+"""A request id the client (or a load balancer in front) sent: kept in the decision record as
+``client_request_id`` (at most :data:`CLIENT_REQUEST_ID_MAX_CHARS` characters), so a record can be
+found by the client's id and a request retried on another replica can be told from a new one. The
+gateway's own id (the record's key, the answer's ``x-request-id``) is never the client's."""
+
+CLIENT_REQUEST_ID_MAX_CHARS = 128
+
 TABLES = {"requests": COLUMNS, "attempts": ATTEMPT_COLUMNS, "feedback": FEEDBACK_COLUMNS}
 """The tables the writer fills, and their columns in insert order."""
 
@@ -207,6 +215,9 @@ def context_row(ctx: Context) -> tuple[Any, ...]:
         count = len(attempts)
     decision = {**ctx.decision, "attempts": [a.as_dict() for a in attempts],
                 "labels": ctx.labels}
+    client_request_id = ctx.headers.get(CLIENT_REQUEST_ID_HEADER) if ctx.parent is None else None
+    if client_request_id:
+        decision["client_request_id"] = client_request_id[:CLIENT_REQUEST_ID_MAX_CHARS]
     return (
         ctx.request_id,
         ctx.parent.request_id if ctx.parent is not None else None,

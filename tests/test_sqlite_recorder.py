@@ -173,6 +173,24 @@ async def test_sub_requests_keep_their_parent(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+async def test_the_clients_request_id_is_kept_on_the_top_level_row_only(tmp_path: Path) -> None:
+    path = tmp_path / "t.db"
+    recorder = SQLiteRecorder()
+    await recorder.startup(kernel_for(path))
+    parent, child, plain = make_context(0, "ok", 10), make_context(1, "ok", 5), \
+        make_context(2, "ok", 5)
+    parent.headers = child.headers = {"x-request-id": "lb-" + "7" * 200}
+    child.parent = parent
+    for ctx in (parent, child, plain):
+        recorder.record(ctx)
+    await recorder.shutdown(kernel_for(path))
+    kept = {r["request_id"]: json.loads(r["decision"]).get("client_request_id")
+            for r in rows(path)}
+    assert kept == {parent.request_id: ("lb-" + "7" * 200)[:128], child.request_id: None,
+                    plain.request_id: None}
+
+
+@pytest.mark.anyio
 async def test_a_second_record_of_the_same_request_is_an_error_not_a_double(tmp_path) -> None:
     path = tmp_path / "dup.db"
     kernel = kernel_for(path)
