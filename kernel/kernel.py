@@ -83,6 +83,7 @@ BUILTINS = {
     "health": "turnout.plugins.health:Health",
     "experiments": "turnout.plugins.experiments:Experiments",
     "spend_report": "turnout.plugins.spend_report:SpendReport",
+    "model_bench": "turnout.plugins.model_bench:ModelBench",
     "fit": "turnout.plugins.fit",
     "fallback": "turnout.plugins.fallback:Fallback",
     "cascade": "turnout.plugins.cascade",
