@@ -83,6 +83,7 @@ BUILTINS = {
     "health": "turnout.plugins.health:Health",
     "experiments": "turnout.plugins.experiments:Experiments",
     "spend_report": "turnout.plugins.spend_report:SpendReport",
+    "estimate": "turnout.plugins.estimate:Estimate",
     "model_bench": "turnout.plugins.model_bench:ModelBench",
     "fit": "turnout.plugins.fit",
     "fallback": "turnout.plugins.fallback:Fallback",
@@ -491,9 +492,14 @@ class Kernel:
         ctx.first_token_s = time.perf_counter() - ctx.started
         return AnswerStream(self, ctx, started)
 
-    async def explain(self, ctx: Context) -> dict[str, Any]:
-        """Classify and route without calling any model; the decision record and labels."""
-        await self._prepare(ctx)
+    async def explain(self, ctx: Context, *,
+                      labels: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Classify and route without calling any model; the decision record and labels.
+
+        With ``labels`` the classifiers do not run: the request is routed on these labels as
+        given (a request replayed from the record, whose prompt is not kept: ``turnout
+        estimate``)."""
+        await self._prepare(ctx, labels)
         return {"labels": ctx.labels, **ctx.decision}
 
     async def subrequest(self, parent: Context, request: ChatRequest) -> Completion | AnswerStream:
@@ -575,10 +581,13 @@ class Kernel:
             self._default_strategy_settings[strategy] = default
         return default
 
-    async def _prepare(self, ctx: Context) -> None:
+    async def _prepare(self, ctx: Context, given: dict[str, Any] | None = None) -> None:
         hook = self.plugins.hook
-        for labels in await hook.classify(ctx=ctx):
-            ctx.labels.update(labels)
+        if given is not None:
+            ctx.labels.update(given)
+        else:
+            for labels in await hook.classify(ctx=ctx):
+                ctx.labels.update(labels)
         ctx.decision["requested"] = ctx.request.model
         if ctx.route == AUTO and not ctx.candidates:
             self._select(ctx, await hook.select_route(ctx=ctx))

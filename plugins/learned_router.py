@@ -29,6 +29,11 @@ from .learned import store
 SHOWN = ("log_tokens", "options", "digit_share", "compute_cues", "reasoning_cues", "difficulty")
 """The features named in the decision record (the whole vector is recorded too)."""
 
+VECTOR = "learned.vector"
+"""``ctx.state`` key of a feature vector given for the request, scored instead of the prompt's:
+``turnout estimate`` replays recorded requests, whose prompts are not kept, with the vectors
+their decision records hold."""
+
 
 class LearnedSettings(BaseModel):
     """The ``learned`` router's table: ``router = { kind = "learned", ... }``."""
@@ -87,7 +92,7 @@ def learned(ctx: Context, candidates: list[ModelProfile],
     settings = settings or DEFAULTS
     model = store.load(settings.model_path)
     threshold = settings.resolved_threshold()
-    vector = feats.features(prompt_of(ctx), ctx.labels.get("difficulty"))
+    vector = ctx.state.get(VECTOR) or feats.features(prompt_of(ctx), ctx.labels.get("difficulty"))
     p = model.predict_vector(vector)
     weak, strong = next(c for c in candidates if c.name == names[0]), \
         next(c for c in candidates if c.name == names[-1])

@@ -5,6 +5,12 @@ Reads the log the ``record`` plugin writes, while the gateway writes: the SQLite
 (read-only), or with ``record.backend = "postgres"`` the record's PostgreSQL schema (one
 read-only snapshot, through :func:`turnout.plugins.record_postgres.read_rows`). The command is
 registered through the record plugin.
+
+``turnout stats --png FILE`` also draws the log over time (:func:`timeline`, drawn by
+:func:`turnout.plugins.charts.stats_png`, the chart the Slack bot's ``/turnout stats`` uploads
+too): spend by model per bucket and the requests' latency percentiles. :func:`read_record` is
+the one reader of plain columns from either backend that the timeline and ``turnout estimate``
+share.
 """
 
 from __future__ import annotations
@@ -304,19 +310,187 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--since", metavar="AGE", help="only requests newer than AGE: 30m, 24h, "
                         "7d")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--png", metavar="FILE", help="also draw a chart into FILE (PNG): spend "
+                        "by model over time and the requests' p50/p95/p99 latency, per minute, "
+                        "hour, day... as the span (--since, else the whole log) asks")
 
 
 def run(args: argparse.Namespace) -> int:
     """``turnout stats``: print the summary of the request log: ``--db`` or ``--dsn`` if given,
-    else the one the config's ``[record]`` names."""
-    since = time.time() - parse_age(args.since) if args.since else None
+    else the one the config's ``[record]`` names; with ``--png``, draw its chart too (1 when
+    there is nothing to draw, said on standard error)."""
+    now = time.time()
+    since = now - parse_age(args.since) if args.since else None
     path, dsn, schema = record_location(args)
     if dsn is not None:
         summary = summarize_postgres(dsn, schema, since=since)
     else:
         summary = summarize(path, since=since)
     print(json.dumps(summary, indent=2) if args.json else render_stats(summary))
+    if getattr(args, "png", None):
+        return draw_png(args.png, timeline(path, dsn=dsn, schema=schema, since=since,
+                                           until=now if since is not None else None))
     return 0
+
+
+def draw_png(file: str, drawn: dict[str, Any]) -> int:
+    """Write the chart of ``drawn`` (a :func:`timeline`) to ``file``; 1, and a line on standard
+    error saying why, when the log holds nothing to draw."""
+    import sys
+
+    from .charts import NoData, stats_png
+
+    try:
+        png = stats_png(drawn, title=_chart_title(drawn))
+    except NoData as exc:
+        print(f"turnout stats: no chart drawn: {exc}", file=sys.stderr)
+        return 1
+    except ImportError:
+        raise ConfigError("--png needs matplotlib, which is not installed: pip install "
+                          "matplotlib") from None
+    try:
+        Path(file).write_bytes(png)
+    except OSError as exc:
+        raise ConfigError(f"--png {file}: cannot write it ({exc.strerror}); give a writable "
+                          "path") from None
+    print(f"turnout stats: chart written to {file} ({len(png):,} bytes)", file=sys.stderr)
+    return 0
+
+
+def _chart_title(drawn: dict[str, Any]) -> str:
+    since = drawn.get("since")
+    when = (f"since {time.strftime('%Y-%m-%d %H:%M', time.gmtime(since))} UTC"
+            if since is not None else "the whole log")
+    return f"Requests in {drawn.get('path') or 'the request log'}, {when}"
+
+
+# --- the log over time ---------------------------------------------------------------------------
+
+BUCKETS_S = (60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400)
+"""The bucket sizes a timeline chooses from: a minute, 5 and 15 minutes, an hour, 6 hours, a day,
+a week. Buckets are aligned on multiples of their size since the Unix epoch (days start at
+00:00 UTC)."""
+
+MAX_BUCKETS = 25
+"""Most buckets a timeline has when it chooses their size (24 hours in hours, 7 days in days)."""
+
+
+def bucket_for(start: float, end: float) -> int:
+    """The smallest of :data:`BUCKETS_S` that covers ``start`` to ``end`` in at most
+    :data:`MAX_BUCKETS` aligned buckets."""
+    for size in BUCKETS_S:
+        if math.floor(end / size) - math.floor(start / size) + 1 <= MAX_BUCKETS:
+            return size
+    return BUCKETS_S[-1]
+
+
+def read_record(path: str | None, *, dsn: str | None = None, schema: str = "public",
+                since: float | None = None, requests: str,
+                attempts: str | None = None) -> tuple[list[tuple], list[tuple]]:
+    """Plain columns of the record, in one read-only snapshot: ``requests`` (column names,
+    comma-separated) of the top-level requests and ``attempts`` of every attempt (sub-requests'
+    included) created at or after ``since``; from the SQLite log at ``path``, or from PostgreSQL
+    (``dsn``, ``schema``) when ``dsn`` is given. A JSON column (``decision``) comes back as text
+    from SQLite and decoded from PostgreSQL: read it with :func:`json_column`. A SQLite log
+    written before attempts were recorded gives no attempts."""
+    window = (since if since is not None else -math.inf,)
+    top = f"SELECT {requests} FROM requests WHERE created_at >= {{}} AND parent_id IS NULL"
+    every = f"SELECT {attempts} FROM attempts WHERE created_at >= {{}}" if attempts else None
+    if dsn is not None:
+        from .record_postgres import snapshot
+
+        with snapshot(dsn, schema) as conn:
+            found = conn.execute(top.format("%s"), window).fetchall()
+            tried = conn.execute(every.format("%s"), window).fetchall() if every else []
+        return found, tried
+    conn = open_log(path or "")
+    try:
+        conn.execute("BEGIN")  # one snapshot for both queries, while the gateway writes
+        found = conn.execute(top.format("?"), window).fetchall()
+        tables = {name for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tried = conn.execute(every.format("?"), window).fetchall() \
+            if every and "attempts" in tables else []
+    except sqlite3.DatabaseError as exc:
+        raise ConfigError(f"{path!r}: cannot read the request log ({exc})") from None
+    finally:
+        conn.close()
+    return found, tried
+
+
+def location(path: str | None, dsn: str | None, schema: str) -> str:
+    """How messages name the record: the SQLite path, or the masked DSN and the schema."""
+    if dsn is None:
+        return path or "the request log"
+    from .record_postgres import masked
+
+    return f"{masked(dsn)} (schema {schema})"
+
+
+def timeline(path: str | None, *, dsn: str | None = None, schema: str = "public",
+             since: float | None = None, until: float | None = None,
+             bucket_s: int | None = None) -> dict[str, Any]:
+    """The log over time: spend and calls by model, and requests and their latency percentiles,
+    per bucket. Read like :func:`summarize` (``path``, or ``dsn`` and ``schema``); see
+    :func:`timeline_rows` for the figures."""
+    requests, attempts = read_record(path, dsn=dsn, schema=schema, since=since,
+                                     requests="created_at, latency_ms",
+                                     attempts="created_at, model, cost_usd")
+    return timeline_rows(requests, attempts, where=location(path, dsn, schema), since=since,
+                         until=until, bucket_s=bucket_s)
+
+
+def timeline_rows(requests: list[Any], attempts: list[Any], *, where: str,
+                  since: float | None = None, until: float | None = None,
+                  bucket_s: int | None = None) -> dict[str, Any]:
+    """:func:`timeline` from rows already read: ``requests`` as (created_at, latency_ms) of
+    top-level requests, ``attempts`` as (created_at, model, cost_usd) of every attempt.
+
+    The span runs from ``since`` (else the first row) to ``until`` (else the last row), in
+    buckets of ``bucket_s`` seconds (else :func:`bucket_for` the span). ``starts`` holds each
+    bucket's start (Unix time); per bucket: ``requests`` (top-level, counted once each),
+    ``latency_ms`` p50/p95/p99 of their end-to-end latency (nearest rank; None where a bucket has
+    none), and in ``by_model`` each model's ``spend_usd`` and ``attempts`` (each call credited to
+    its own model, as in :func:`summarize`'s ``by_model``), models by total spend, then calls.
+    Empty lists when there are no rows."""
+    times = [float(t) for t, *_ in (*requests, *attempts)]
+    base = {"path": where, "since": since, "until": until, "bucket_s": bucket_s, "starts": [],
+            "requests": [], "latency_ms": {"p50": [], "p95": [], "p99": []}, "by_model": []}
+    if not times:
+        return base
+    start = since if since is not None else min(times)
+    end = max(until if until is not None else max(times), max(times))
+    size = bucket_s or bucket_for(start, end)
+    first = math.floor(start / size)
+    count = math.floor(end / size) - first + 1
+
+    def slot(at: float) -> int:
+        return min(max(math.floor(float(at) / size) - first, 0), count - 1)
+
+    latencies: list[list[float]] = [[] for _ in range(count)]
+    per_request = [0] * count
+    for created, latency in requests:
+        n = slot(created)
+        per_request[n] += 1
+        if latency is not None:
+            latencies[n].append(float(latency))
+    spend: dict[str, list[float]] = {}
+    calls: dict[str, list[int]] = {}
+    for created, model, cost in attempts:
+        name = model or "(none)"
+        n = slot(created)
+        spend.setdefault(name, [0.0] * count)[n] += cost or 0.0
+        calls.setdefault(name, [0] * count)[n] += 1
+    for found in latencies:
+        found.sort()
+    by_model = [{"model": name, "spend_usd": [round(v, 10) for v in spend[name]],
+                 "attempts": calls[name]} for name in spend]
+    by_model.sort(key=lambda m: (-sum(m["spend_usd"]), -sum(m["attempts"]), m["model"]))
+    return {**base, "bucket_s": size, "starts": [(first + i) * size for i in range(count)],
+            "requests": per_request,
+            "latency_ms": {f"p{p}": [_ms(percentile(found, p)) for found in latencies]
+                           for p in (50, 95, 99)},
+            "by_model": by_model}
 
 
 def record_location(args: argparse.Namespace) -> tuple[str | None, str | None, str]:

@@ -20,6 +20,7 @@ from turnout.bots.slack.commands import (
 from turnout.kernel.config import parse
 from turnout.kernel.kernel import BUILTINS, Kernel
 from turnout.kernel.types import ChatRequest
+from turnout.plugins import charts
 
 from .gateway import Gateway, running_gateway
 from .slack_support import (  # noqa: F401 - the fixtures module_slack and slack
@@ -80,7 +81,17 @@ def test_help_and_an_unknown_subcommand(tmp_path: Path, slack) -> None:
     assert "`/turnout route <prompt>`" in shown(refused)
 
 
-def test_stats_show_the_figures_and_upload_a_png_chart(tmp_path: Path, slack) -> None:
+def test_stats_show_the_figures_and_upload_a_png_chart(tmp_path: Path, slack,
+                                                        monkeypatch) -> None:
+    drawn: list[tuple[dict, bytes]] = []
+    shared = charts.stats_png
+
+    def drawing(timeline: dict, **kw) -> bytes:  # the chart function turnout stats --png uses
+        png = shared(timeline, **kw)
+        drawn.append((timeline, png))
+        return png
+
+    monkeypatch.setattr(charts, "stats_png", drawing)
     with running_gateway(config(slack), tmp_path, plugins={"upstream": Upstream()}) as gw:
         empty = command(gw, slack, "stats")
         (nothing,) = answer(slack, empty)
@@ -105,6 +116,14 @@ def test_stats_show_the_figures_and_upload_a_png_chart(tmp_path: Path, slack) ->
     assert upload.data.startswith(PNG) and len(upload.data) == upload.length
     assert upload.completed and upload.channel == "D0DM" and upload.filename.endswith(".png")
     assert upload.title == "Spend by model, last 7 days" and "small" in upload.alt_txt
+    assert "latency of each day's requests" in upload.alt_txt
+    # The bytes are the shared chart function's drawing of the week, per day.
+    ((week, png),) = drawn
+    assert upload.data == png
+    assert week["bucket_s"] == 86400 and len(week["starts"]) == 8, "7 days back, and today"
+    assert sum(week["requests"]) == 2
+    (small,) = week["by_model"]
+    assert small["model"] == "small" and sum(small["spend_usd"]) == pytest.approx(spend)
 
 
 def test_stats_say_when_the_chart_cannot_be_posted_in_the_channel(tmp_path: Path,

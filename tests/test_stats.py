@@ -1,9 +1,12 @@
-"""``turnout stats``: the summary of a request log filled by the recorder, and its text report."""
+"""``turnout stats``: the summary of a request log filled by the recorder, its text report, and
+the log over time with its chart (``--png``)."""
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
+import struct
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,8 +14,19 @@ import pytest
 
 from turnout.kernel.errors import ConfigError, ProviderUnavailable
 from turnout.kernel.types import Attempt, ChatRequest, Completion, Context, Usage
+from turnout.plugins.charts import NoData, stats_png
 from turnout.plugins.sqlite_recorder import RecordSettings, SQLiteRecorder
-from turnout.plugins.stats import open_log, render_stats, summarize
+from turnout.plugins.stats import (
+    bucket_for,
+    open_log,
+    render_stats,
+    summarize,
+    timeline,
+    timeline_rows,
+)
+
+from .fakes import Script, openai_app, serve
+from .gateway import running_gateway
 
 # model -> (latencies in ms, how many of them failed, cost per request)
 TRAFFIC = {
@@ -299,3 +313,108 @@ async def test_a_log_from_before_attempts_were_recorded_still_summarizes(
     assert (mixed["requests"], mixed["attempts"]) == (3, 2)
     assert [m["model"] for m in mixed["by_model"]] == ["a", "b"]
 
+
+
+# --- over time, and the chart (turnout stats --png) ----------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_timeline_buckets_spend_calls_and_latency(log_path: str) -> None:
+    # TRAFFIC's 25 requests were made one second apart from BASE_TIME: one minute bucket or two.
+    drawn = timeline(log_path)
+    assert drawn["bucket_s"] == 60
+    first = math.floor(BASE_TIME / 60) * 60
+    assert drawn["starts"][0] == first
+    assert sum(drawn["requests"]) == 25
+    by_model = {m["model"]: m for m in drawn["by_model"]}
+    assert [m["model"] for m in drawn["by_model"]] == ["large", "small"], "by spend"
+    for model, (latencies, _, cost) in TRAFFIC.items():
+        assert sum(by_model[model]["attempts"]) == len(latencies)
+        assert sum(by_model[model]["spend_usd"]) == pytest.approx(cost * len(latencies))
+    # Per bucket, the requests' latency percentiles are those of the requests made in it.
+    made = [BASE_TIME + n for n in range(25)]
+    every = [v for lat, _, _ in TRAFFIC.values() for v in lat]
+    for i, start in enumerate(drawn["starts"]):
+        inside = [lat for t, lat in zip(made, every) if start <= t < start + 60]
+        assert drawn["requests"][i] == len(inside)
+        assert drawn["latency_ms"]["p95"][i] == (pytest.approx(nearest_rank(inside, 95))
+                                                 if inside else None)
+    # A span given: a day in hours, a week in days; buckets are aligned on their size.
+    day = timeline(log_path, since=BASE_TIME - 86400 + 1, until=BASE_TIME + 30)
+    assert day["bucket_s"] == 3600 and len(day["starts"]) == 25
+    assert sum(day["requests"]) == 25 and day["requests"][-1] == 25
+    assert timeline(log_path, since=BASE_TIME - 7 * 86400)["bucket_s"] == 86400
+    assert bucket_for(0, 30 * 60) == 300
+
+
+def test_the_empty_timeline_is_no_chart() -> None:
+    empty = timeline_rows([], [], where="nowhere.db", since=BASE_TIME)
+    assert empty["starts"] == [] and empty["by_model"] == []
+    with pytest.raises(NoData, match="no requests recorded in nowhere.db in that span"):
+        stats_png(empty)
+
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk."""
+    assert data.startswith(PNG) and data[12:16] == b"IHDR"
+    return struct.unpack(">II", data[16:24])
+
+
+def gateway_log(tmp_path: Path, traffic: list[tuple[str, str]]) -> Path:
+    """A request log filled by a real gateway answering ``traffic`` (model, prompt) through a
+    fake OpenAI upstream; two priced models."""
+    key = "sk-stats"
+    with serve(openai_app(Script(), api_key=key)) as url:
+        config = {"providers": {"up": {"kind": "openai", "base_url": url + "/v1", "api_key": key}},
+                  "models": {"mini": {"provider": "up", "input_price": 1, "output_price": 2},
+                             "maxi": {"provider": "up", "input_price": 10, "output_price": 30}}}
+        with running_gateway(config, tmp_path) as gw:
+            client = gw.client(timeout=20)
+            for model, prompt in traffic:
+                client.chat.completions.create(model=model,
+                                               messages=[{"role": "user", "content": prompt}])
+            gw.kernel.plugins.get("record").flush()
+            return gw.db
+
+
+def test_stats_png_draws_the_log(tmp_path: Path, capsys) -> None:
+    from turnout.adapters.cli import main
+
+    one = gateway_log(tmp_path / "one", [("mini", "hello"), ("maxi", "What is 2 + 2?")])
+    two = gateway_log(tmp_path / "two", [("maxi", f"Question {n}?") for n in range(4)])
+    capsys.readouterr()  # the gateways' own log lines
+    drawn = []
+    for db in (one, two):
+        out = db.with_suffix(".png")
+        assert main(["stats", "--db", str(db), "--png", str(out)]) == 0
+        said = capsys.readouterr()
+        assert "Per attempt, by model" in said.out, "the text report is printed as before"
+        assert f"chart written to {out}" in said.err
+        drawn.append(out.read_bytes())
+    assert all(png_size(data) == (900, 640) for data in drawn)
+    assert drawn[0] != drawn[1], "two logs, two charts"
+    # The file is the shared chart function's drawing of the log's timeline.
+    assert drawn[0] == stats_png(timeline(str(one)),
+                                 title=f"Requests in {one}, the whole log")
+
+    assert main(["stats", "--db", str(one), "--json", "--since", "1h", "--png",
+                 str(tmp_path / "hour.png")]) == 0
+    said = capsys.readouterr()
+    assert json.loads(said.out)["requests"] == 2, "stdout stays JSON"
+    assert (tmp_path / "hour.png").read_bytes().startswith(PNG)
+
+
+def test_stats_png_of_an_empty_log_says_so(tmp_path: Path, capsys) -> None:
+    from turnout.adapters.cli import main
+
+    empty = gateway_log(tmp_path, [])
+    capsys.readouterr()  # the gateway's own log lines
+    out = tmp_path / "empty.png"
+    assert main(["stats", "--db", str(empty), "--png", str(out)]) == 1
+    said = capsys.readouterr()
+    assert said.out.startswith("No requests recorded in")
+    assert f"no chart drawn: no requests recorded in {empty}" in said.err
+    assert not out.exists()

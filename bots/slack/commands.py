@@ -7,9 +7,10 @@ user outside the allowlists is told they cannot use it, and nothing else.
 
 - ``stats``: spend, requests, success and p50/p95 latency, today (since 00:00 UTC) and over
   the last 7 days, and by model, summarised from the request log by ``plugins/stats.py`` (SQLite
-  or PostgreSQL, as ``[record]`` says); then a PNG bar chart of spend (or calls) by model over the
-  week, drawn with matplotlib and uploaded into the channel (``files.getUploadURLExternal``, the
-  bytes, ``files.completeUploadExternal``).
+  or PostgreSQL, as ``[record]`` says); then the week's chart, the one ``turnout stats --png``
+  draws (:func:`turnout.plugins.charts.stats_png`: spend, or calls, by model per day as stacked
+  bars, and the requests' p50/p95/p99 latency per day), uploaded into the channel
+  (``files.getUploadURLExternal``, the bytes, ``files.completeUploadExternal``).
 - ``budget``: every budget with a text bar of what is spent, and what is left (the admin
   plugin's listing, else the budgets plugin's), and the rate limits.
 - ``route <prompt>``: how the prompt would be routed (``Kernel.explain``: route, rule,
@@ -24,7 +25,6 @@ The figures the App Home shows come from here too (:func:`summaries`, :func:`lim
 
 from __future__ import annotations
 
-import io
 import math
 import re
 import time
@@ -40,7 +40,7 @@ from slack_bolt.async_app import AsyncApp
 from turnout.kernel.errors import ConfigError, TurnoutError
 from turnout.kernel.observability import scrub
 from turnout.kernel.types import ChatRequest
-from turnout.plugins import stats
+from turnout.plugins import charts, stats
 
 from . import security
 from .chat import FAILED, Chat
@@ -52,7 +52,6 @@ from .formatting import (
     decision_text,
     escape,
     models_text,
-    money,
     notice,
     rate_limit_lines,
     section_blocks,
@@ -77,8 +76,6 @@ MAX_BLOCKS = 50
 
 MAX_MUTE_S = 30 * DAY_S
 """Longest mute ``alerts mute`` sets."""
-
-CHART_COLOR = "#1f3a5f"
 
 HELP = """*Turnout*: the gateway's figures, from Slack. Only you see the answers.
 \u2022 `/turnout stats`: spend, requests, success and p50/p95 latency, today and over the last 7 \
@@ -114,6 +111,28 @@ async def summaries(kernel: Any, *since: float) -> list[dict[str, Any]]:
     """The request log summarised by ``plugins/stats.py`` from each time in ``since``, read off
     the event loop (what the record's writer holds is written first, for up to a couple of
     seconds). Raises :class:`Unavailable` when there is no log to read."""
+    def read(path: str | None, dsn: str | None, schema: str) -> list[dict[str, Any]]:
+        if dsn is not None:
+            return [stats.summarize_postgres(dsn, schema, since=when) for when in since]
+        return [stats.summarize(path, since=when) for when in since]
+
+    return await _from_log(kernel, read)
+
+
+async def week_timeline(kernel: Any, now: float) -> dict[str, Any]:
+    """The last 7 days of the request log per day (UTC), for the stats chart
+    (:func:`turnout.plugins.stats.timeline`); read like :func:`summaries`."""
+    def read(path: str | None, dsn: str | None, schema: str) -> dict[str, Any]:
+        return stats.timeline(path, dsn=dsn, schema=schema, since=now - WEEK_S, until=now,
+                              bucket_s=int(DAY_S))
+
+    return await _from_log(kernel, read)
+
+
+async def _from_log(kernel: Any, read: Callable[[str | None, str | None, str], Any]) -> Any:
+    """``read(path, dsn, schema)`` on the request log ``[record]`` names, off the event loop,
+    after the record's writer has written what it holds (for up to :data:`FLUSH_S`). Raises
+    :class:`Unavailable` when there is no log to read."""
     recorder = kernel.plugins.get("record")
     settings = kernel.plugin_settings("record") if recorder is not None else None
     if settings is None or not getattr(settings, "enabled", False):
@@ -122,19 +141,18 @@ async def summaries(kernel: Any, *since: float) -> list[dict[str, Any]]:
     if settings.backend == "sqlite" and settings.path == ":memory:":
         raise Unavailable("the request log is kept in memory only (record.path = ':memory:')")
 
-    def read() -> list[dict[str, Any]]:
+    def flushed() -> Any:
         flush = getattr(recorder, "flush", None)
         if flush is not None:
             flush(FLUSH_S)
         if settings.backend == "postgres":
-            return [stats.summarize_postgres(settings.dsn, settings.schema, since=when)
-                    for when in since]
+            return read(None, settings.dsn, settings.schema)
         if not Path(settings.path).is_file():
             raise Unavailable("no requests have been recorded yet")
-        return [stats.summarize(settings.path, since=when) for when in since]
+        return read(settings.path, None, "")
 
     try:
-        return await anyio.to_thread.run_sync(read)
+        return await anyio.to_thread.run_sync(flushed)
     except ConfigError as exc:
         log.warning("slack_stats_unreadable", error=scrub(exc.message, limit=300))
         raise Unavailable("the request log cannot be read now; the gateway's log says why") \
@@ -181,32 +199,6 @@ async def open_alerts(kernel: Any) -> list[dict[str, Any]] | None:
                       "muted_until": state.get("muted_until")})
     found.sort(key=lambda a: (float(a["started_at"] or 0.0), a["key"]))
     return found
-
-
-def chart_png(what: str, series: list[tuple[str, float]], title: str) -> bytes:
-    """A horizontal bar chart of ``series`` (label, value: US dollars when ``what`` is
-    ``spend``), as PNG bytes. matplotlib (Agg, no display) is imported here, on first use, so
-    the gateway does not pay for it at start; run it off the event loop."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    names = [name for name, _ in reversed(series)]
-    values = [value for _, value in reversed(series)]
-    figure = Figure(figsize=(7.0, 1.6 + 0.45 * len(series)), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    bars = axes.barh(names, values, color=CHART_COLOR)
-    axes.bar_label(bars, labels=[money(v) if what == "spend" else f"{v:,.0f}" for v in values],
-                   padding=3)
-    axes.set_title(title)
-    axes.set_xlabel("US dollars" if what == "spend" else "calls")
-    axes.margins(x=0.2)
-    for side in ("top", "right"):
-        axes.spines[side].set_visible(False)
-    figure.tight_layout()
-    out = io.BytesIO()
-    figure.savefig(out, format="png")
-    return out.getvalue()
 
 
 def duration_s(text: str) -> float:
@@ -297,16 +289,20 @@ class Commands:
             await self.say(asked, f"No stats: {escape(str(exc))}.")
             return
         await self.say(asked, "Turnout stats", stats_blocks(today, week))
-        what, series = chart_series(week)
+        _, series = chart_series(week)
         if not series or not asked.channel:
             return
         upload = chart_upload(week, asked.channel)
         try:
-            png = await anyio.to_thread.run_sync(chart_png, what, series, upload["title"])
+            drawn = await week_timeline(self.kernel, now)
+            png = await anyio.to_thread.run_sync(
+                lambda: charts.stats_png(drawn, title=upload["title"]))
         except ImportError:
             log.warning("slack_chart_skipped", reason="matplotlib is not installed")
             await self.say(asked, "_No chart: matplotlib is not installed on the gateway._")
             return
+        except (Unavailable, charts.NoData):
+            return  # the log became unreadable since the figures were read: they stand alone
         try:
             await self.client.files_upload_v2(file=png, **upload)
         except FAILURES as exc:

@@ -623,12 +623,18 @@ def chart_series(summary: dict[str, Any], rows: int = TABLE_ROWS) -> tuple[str, 
 def chart_upload(summary: dict[str, Any], channel: str) -> dict[str, Any]:
     """The upload of the stats chart of ``summary`` (the last 7 days) into ``channel``: the
     arguments of ``files_upload_v2`` (``files.getUploadURLExternal``, then
-    ``files.completeUploadExternal``) but the file itself; the alt text says the figures."""
+    ``files.completeUploadExternal``) but the file itself. The chart is
+    :func:`turnout.plugins.charts.stats_png` of the week per day; the alt text says what it
+    shows and the week's figures: each model's total, and the requests' p50 and p95 latency."""
     what, series = chart_series(summary)
     figures = ", ".join(f"{name} {money(value) if what == 'spend' else f'{value:,.0f}'}"
                         for name, value in series)
+    latency = summary.get("latency_ms") or {}
     return {"filename": CHART_FILENAME, "title": f"{what.capitalize()} by model, last 7 days",
-            "alt_txt": f"Bar chart of {what} by model over the last 7 days: {figures}"[:1000],
+            "alt_txt": (f"Bar chart of {what} by model per day over the last 7 days, stacked; "
+                        f"in all: {figures}. Below it, the p50, p95 and p99 latency of each "
+                        f"day's requests (over the week: p50 {millis(latency.get('p50'))}, "
+                        f"p95 {millis(latency.get('p95'))})")[:1000],
             "channel": channel}
 
 
