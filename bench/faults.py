@@ -282,21 +282,23 @@ level = "error"
 
 class Replica:
     """A server process (a replica, or ``alpha``) that can be stopped and started again on its
-    port; ready once ``ready`` answers 200."""
+    port; ready once ``ready`` answers 200. Its standard error is appended to ``log`` (a file, never
+    a pipe nobody reads, which would fill and block the server's event loop)."""
 
-    def __init__(self, argv: list[str], port: int, ready: str = "/readyz") -> None:
-        self.argv, self.port, self.ready = argv, port, ready
+    def __init__(self, argv: list[str], port: int, log: Path, ready: str = "/readyz") -> None:
+        self.argv, self.port, self.log, self.ready = argv, port, log, ready
         self.url = f"http://127.0.0.1:{port}"
         self.proc: subprocess.Popen | None = None
         self.up = False
 
     def start(self, timeout: float = 60) -> None:
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.argv[1]} exited: {self.proc.stderr.read().decode()[-2000:]}")
+                said = self.log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{self.argv[1]} exited: {said}")
             try:
                 if httpx.get(f"{self.url}{self.ready}", timeout=1).status_code == 200:
                     break
@@ -566,7 +568,8 @@ def main() -> None:
             upstream_argv = [py, str(Path(__file__).resolve()), "--serve-upstream"]
             stack.enter_context(process([*upstream_argv, str(beta_port)],
                                         f"http://127.0.0.1:{beta_port}/v1/models"))
-            alpha = Replica([*upstream_argv, str(alpha_port)], alpha_port, ready="/v1/models")
+            alpha = Replica([*upstream_argv, str(alpha_port)], alpha_port, tmp / "alpha.log",
+                            ready="/v1/models")
             alpha.start()
             stack.callback(alpha.stop)
             ports = {"alpha": alpha_port, "beta": beta_port,
@@ -576,7 +579,7 @@ def main() -> None:
                 port = free_port()
                 replica = Replica([turnout, "serve", "--config",
                                    str(gateway_config(tmp, n, ports, args, prefix, schema)),
-                                   "--port", str(port)], port)
+                                   "--port", str(port)], port, tmp / f"replica{n}.log")
                 replica.start()
                 stack.callback(replica.stop)
                 replicas.append(replica)

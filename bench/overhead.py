@@ -48,29 +48,41 @@ def free_port() -> int:
 
 @contextmanager
 def process(argv: list[str], ready_url: str, env: dict | None = None, timeout: float = 60):
-    """Run a server process until the block ends; wait until ``ready_url`` answers 200."""
-    proc = subprocess.Popen(argv, env={**os.environ, **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{argv[0]} exited: {proc.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(ready_url, timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{' '.join(argv)} did not become ready at {ready_url}")
-            time.sleep(0.1)
-        yield proc
-    finally:
-        proc.terminate()
+    """Run a server process until the block ends; wait until ``ready_url`` answers 200.
+
+    Its standard error goes to a temporary file, never a pipe: a pipe nobody reads fills up
+    (64 KiB of log lines) and then blocks the server's next write, its event loop with it. The
+    file's end is shown when the process fails to start."""
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(argv, env={**os.environ, **(env or {})},
+                                stdout=subprocess.DEVNULL, stderr=errors)
+
+        def said() -> str:
+            errors.seek(0)
+            return errors.read().decode(errors="replace")[-2000:]
+
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{argv[0]} exited: {said()}")
+                try:
+                    if httpx.get(ready_url, timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{' '.join(argv)} did not become ready at {ready_url}: "
+                                       f"{said()}")
+                time.sleep(0.1)
+            yield proc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def rss_mb(pid: int) -> float:
