@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import anyio
@@ -16,7 +17,8 @@ from turnout.kernel.kernel import BUILTINS, Command
 from turnout.kernel.registry import Registry
 
 EPILOG = """commands:
-  serve                 start the gateway (embedded defaults when no config is given)
+  serve                 start the gateway (embedded defaults when no config is given);
+                        --workers N runs N processes on one port (needs [state] backend = "redis")
   config check FILE     validate a config file, plugins included; lists every problem
   config docs           print the configuration reference
   route --explain TEXT  show how a prompt would be routed, without calling any model
@@ -48,6 +50,11 @@ def parser(commands: Registry[Command] | None = None) -> argparse.ArgumentParser
     serve.add_argument("--config", help="config file (TOML or YAML)")
     serve.add_argument("--host", help="address to bind (default: server.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to bind (default: server.port, 4000)")
+    serve.add_argument("--workers", type=workers_count, default=1, metavar="N",
+                       help="worker processes sharing the port, each with its own kernel; "
+                       "'auto' for one per CPU core (default 1: this process serves). More than "
+                       "one needs a shared store, [state] backend = \"redis\"; each worker "
+                       "gets its own request-log journal")
 
     check = sub.add_parser("config", help="config file tools")
     check_sub = check.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
@@ -67,6 +74,20 @@ def parser(commands: Registry[Command] | None = None) -> argparse.ArgumentParser
         if command.arguments is not None:
             command.arguments(added)
     return p
+
+
+def workers_count(value: str) -> int:
+    """``--workers``: a whole number of 1 or more, or ``auto`` (one per CPU core)."""
+    if value == "auto":
+        return os.cpu_count() or 1
+    try:
+        count = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of processes or 'auto', got "
+                                         f"{value!r}") from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more (or 'auto'), got {count}")
+    return count
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,6 +148,12 @@ def serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--host {server.host} is not loopback and no server.api_keys (nor "
                           "server.admin_key) are configured; add a key (turnout keys hash) or "
                           "bind 127.0.0.1")
+    workers = getattr(args, "workers", 1)
+    if workers > 1 and config.state.backend == "memory":
+        from turnout.adapters.http.workers import memory_store_refusal
+
+        print(memory_store_refusal(workers), file=sys.stderr)
+        return 2
     config = config.model_copy(update={"server": server})
     configure_logging(config.logging)
     kernel = Kernel(config)
@@ -139,6 +166,15 @@ def serve(args: argparse.Namespace) -> int:
                  if server.admin_key is not None else "; admin API off (no server.admin_key)")
     banner = (f"turnout: serving on http://{server.host}:{server.port}/v1 "
               f"({config.source}); {note}")
+    if workers > 1:
+        # The plugins loaded above only to check the config; each worker loads its own.
+        from turnout.adapters.http.server import fit_connections
+        from turnout.adapters.http.workers import supervise
+
+        max_connections, fitted = fit_connections(server.max_connections)
+        if fitted:  # raised here, the open-files limit is inherited by every worker
+            print(f"turnout: {fitted} (per worker)", file=sys.stderr, flush=True)
+        return supervise(args.config, server, workers, max_connections, banner)
     # uvicorn with the edge's limits (server.header_timeout_s, max_connections, ...): see
     # adapters/http/server.py for what uvicorn lacks and how it is added.
     serve_http(Served(kernel, banner), server)
@@ -158,6 +194,21 @@ async def explain(args: argparse.Namespace) -> dict:
     quiet(config)
     async with Kernel(config) as kernel:
         return await kernel.explain(kernel.context(request))
+
+
+SIDE_EFFECT_PLUGINS = frozenset({"record", "request_log", "alerts", "log_alerts", "webhook_alerts",
+                                 "telemetry", "metrics", "admin", "slack"})
+"""Built-in plugins a one-shot command's kernel runs without: they record, alert, export or serve,
+which a benchmark or a replay must not do."""
+
+
+def offline(config: Config, *, also: frozenset[str] = frozenset()) -> Config:
+    """``config`` for a one-shot command's own kernel: state in memory (no shared store is needed
+    or touched) and :data:`SIDE_EFFECT_PLUGINS`, and ``also``, not loaded."""
+    disable = sorted(set(config.plugins.disable) | SIDE_EFFECT_PLUGINS | also)
+    return config.model_copy(update={
+        "state": config_module.StateSection(),
+        "plugins": config.plugins.model_copy(update={"disable": disable})})
 
 
 def quiet(config: Config) -> None:

@@ -21,7 +21,9 @@ server:
 - a connection answered before its request body finished arriving (a 408, 413, 415, 401...) is
   closed, as its rest would otherwise hold the connection after the answer.
 
-The body read timeout lives in the API (``Gateway._parse``), where the body is read.
+The body read timeout lives in the API (``Gateway._parse``), where the body is read. With
+``turnout serve --workers N`` every worker process runs this server, with these limits, on the
+socket its supervisor bound (see ``workers.py``); ``server.max_connections`` is per worker.
 """
 
 from __future__ import annotations
@@ -382,12 +384,11 @@ def fit_connections(max_connections: int) -> tuple[int, str | None]:
                     f"open-files limit is {soft} (raise it with ulimit -n)")
 
 
-def serve(app: Any, server: Server) -> None:
-    """Serve ``app`` on ``server.host:server.port`` with the edge's limits until SIGINT or
-    SIGTERM; returns after the graceful shutdown."""
-    max_connections, note = fit_connections(server.max_connections)
-    if note:
-        print(f"turnout: {note}", file=sys.stderr, flush=True)
+def build(app: Any, server: Server, max_connections: int,
+          server_class: type[EdgeServer] = EdgeServer, **kwargs: Any) -> EdgeServer:
+    """An edge server for ``app`` with the limits of ``server`` (its connection cap
+    ``max_connections``, already fitted); ``server_class`` and ``kwargs``: a subclass and its
+    own arguments (a worker's, see ``workers.py``)."""
     limits = EdgeLimits.of(server, max_connections)
     config = uvicorn.Config(app, host=server.host, port=server.port, log_level="warning",
                             access_log=False, log_config=None, lifespan="on",
@@ -395,15 +396,31 @@ def serve(app: Any, server: Server) -> None:
                             timeout_keep_alive=limits.keep_alive_timeout_s,  # type: ignore[arg-type]
                             timeout_graceful_shutdown=limits.shutdown_timeout_s,  # type: ignore[arg-type]
                             limit_concurrency=None)
-    edge = EdgeServer(config, limits)
+    return server_class(config, limits, **kwargs)
+
+
+def run(edge: EdgeServer, sockets: list[Any] | None = None) -> bool:
+    """Serve until SIGINT or SIGTERM, on ``sockets`` when given (bound by a supervisor), else
+    on the address of its config; returns after the graceful shutdown whether it had started
+    (False: the lifespan or the bind failed)."""
     quiet = _CancelledByDeadline(edge)
     uvicorn_log = logging.getLogger("uvicorn.error")
     uvicorn_log.addFilter(quiet)
     try:
-        edge.run()
+        edge.run(sockets=sockets)
     except KeyboardInterrupt:  # SIGINT re-raised by uvicorn after its graceful shutdown
         pass
     finally:
         uvicorn_log.removeFilter(quiet)
-    if not edge.started:
+    return edge.started
+
+
+def serve(app: Any, server: Server) -> None:
+    """Serve ``app`` on ``server.host:server.port`` with the edge's limits until SIGINT or
+    SIGTERM, in this process; returns after the graceful shutdown (``turnout serve --workers N``
+    runs several processes instead: see ``workers.py``)."""
+    max_connections, note = fit_connections(server.max_connections)
+    if note:
+        print(f"turnout: {note}", file=sys.stderr, flush=True)
+    if not run(build(app, server, max_connections)):
         sys.exit(3)  # uvicorn's STARTUP_FAILURE: the lifespan or the bind failed
