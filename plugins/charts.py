@@ -58,11 +58,7 @@ def stats_png(timeline: dict[str, Any], *, title: str | None = None) -> bytes:
         series.append(("(other)", [sum(float(m[what][i]) for m in rest)
                                    for i in range(len(starts))]))
 
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(9.0, 6.4), dpi=100)
-    FigureCanvasAgg(figure)
+    figure = new_figure(9.0, 6.4)
     top, bottom = figure.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 2)})
     xs = list(range(len(starts)))
     base = [0.0] * len(starts)
@@ -108,11 +104,7 @@ def estimate_png(points: list[tuple[str, float, float | None]], *,
     if not placed:
         raise NoData("no policy has a predicted quality to place it by")
 
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(7.0, 5.0), dpi=100)
-    FigureCanvasAgg(figure)
+    figure = new_figure(7.0, 5.0)
     axes = figure.add_subplot()
     for n, (label, cost, quality) in enumerate(placed):
         axes.scatter([cost], [quality], s=60, color=COLORS[n % (len(COLORS) - 1)], zorder=3)
@@ -139,6 +131,39 @@ def _clip(text: str) -> str:
         return text
     half = (TITLE_CHARS - 3) // 2
     return f"{text[:half]}...{text[-half:]}"
+
+
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib figure of ``width`` by ``height`` inches at 100 dpi on the Agg canvas (no
+    display); matplotlib is imported here, on first use."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def heat_map_png(rows: list[str], columns: list[str], values: list[list[float | None]], *,
+                 title: str) -> bytes:
+    """A heat map of ``values`` (0 to 1, one row per name in ``rows``, one column per name in
+    ``columns``; None where unknown), each cell annotated, red for 0 to green for 1, as PNG
+    bytes."""
+    grid = [[float("nan") if v is None else v for v in row] for row in values]
+    figure = new_figure(1.6 + 1.1 * len(columns), 1.2 + 0.55 * max(len(rows), 1))
+    axes = figure.subplots()
+    image = axes.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
+    axes.set_xticks(range(len(columns)), labels=columns, rotation=30, ha="right")
+    axes.set_yticks(range(len(rows)), labels=rows)
+    for y, row in enumerate(values):
+        for x, value in enumerate(row):
+            dark = value is not None and not 0.25 <= value <= 0.8  # the map's deep ends
+            axes.text(x, y, "-" if value is None else f"{value:.2f}", ha="center", va="center",
+                      fontsize=9, color="white" if dark else "black")
+    axes.set_title(title, fontsize=10)
+    figure.colorbar(image, ax=axes, fraction=0.04, pad=0.02)
+    figure.tight_layout()
+    return _png(figure)
 
 
 def _png(figure: Any) -> bytes:

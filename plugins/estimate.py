@@ -14,7 +14,8 @@ the tokens of the call that answered). Prompts are not recorded and are not need
 
 **The replay.** Each policy file is loaded as a gateway config and a kernel is started from it
 without the plugins that act outside routing (the record, alerts, telemetry, metrics, the admin
-API, the Slack bot, the cache, rate limits: :data:`OFF`) and on an empty memory store (shared
+API, the Slack bot: :func:`turnout.adapters.cli.offline`; the cache and rate limits too:
+:data:`OFF`) and on an empty memory store (shared
 state such as budgets spent and circuit breakers is the live gateway's, not the policy's). Each
 recorded request is routed by :meth:`Kernel.explain <turnout.kernel.kernel.Kernel.explain>` with
 its **recorded labels as given** (the classifiers do not run again) and its token count as the
@@ -72,10 +73,9 @@ from turnout.kernel.hookspecs import hookimpl
 from .spend_report import Prices, prediction_of
 from .stats import _fmt_ms, _table, json_column, location, parse_age, read_record, record_location
 
-OFF = frozenset({"record", "request_log", "alerts", "log_alerts", "webhook_alerts", "telemetry",
-                 "metrics", "admin", "slack", "cache", "rate_limits"})
-"""Built-in plugins a policy's kernel runs without: they record, alert, export, serve or admit,
-which a replay must not do and routing does not need."""
+OFF = frozenset({"cache", "rate_limits"})
+"""Built-in plugins a policy's kernel runs without, besides those of every one-shot command
+(:data:`turnout.adapters.cli.SIDE_EFFECT_PLUGINS`): they admit, which routing does not need."""
 
 PROMPT = "(replayed from the record: the prompt is not kept)"
 """The text of a replayed request's one message; the labels given stand for the prompt."""
@@ -184,17 +184,14 @@ class Routed:
 
 
 def policy_kernel(path: str) -> Any:
-    """A kernel for the policy file ``path``, ready to start: its plugins less :data:`OFF`, on a
-    memory store; unset ``${VARS}`` (provider keys) may stay unset, since nothing is called."""
-    from turnout.adapters.cli import quiet
+    """A kernel for the policy file ``path``, ready to start: without the plugins a one-shot
+    command leaves out and :data:`OFF`, on a memory store; unset ``${VARS}`` (provider keys) may
+    stay unset, since nothing is called."""
+    from turnout.adapters.cli import offline, quiet
     from turnout.kernel import config as config_module
     from turnout.kernel.kernel import Kernel
 
-    config = config_module.load(path, lenient_env=True, references=False)
-    plugins = config.plugins.model_copy(
-        update={"disable": sorted(set(config.plugins.disable) | OFF)})
-    config = config.model_copy(update={"plugins": plugins,
-                                       "state": config_module.StateSection()})
+    config = offline(config_module.load(path, lenient_env=True, references=False), also=OFF)
     quiet(config)
     return Kernel(config)
 

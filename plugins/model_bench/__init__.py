@@ -31,10 +31,6 @@ from turnout.kernel.hookspecs import hookimpl
 
 from . import suite
 
-QUIET_PLUGINS = ("record", "alerts", "webhook_alerts", "slack", "admin", "metrics", "telemetry")
-"""Built-in plugins not loaded for a bench run: they record, alert, serve or export, and the run
-is none of their business."""
-
 DEFAULT_OUT = "model-bench"
 DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT_S = 120.0
@@ -105,29 +101,19 @@ def run(args: argparse.Namespace) -> int:
 
 def bench_models(args: argparse.Namespace) -> int:
     """``turnout bench models``: run the suite, write the matrix, print it and the paths."""
-    from turnout.adapters.cli import quiet
+    from turnout.adapters.cli import offline, quiet
     from turnout.kernel import config as config_module
 
     from . import report
 
     config = config_module.load(args.config)
     quiet(config)
-    found = anyio.run(measure, for_bench(config), args)
+    found = anyio.run(measure, offline(config), args)
     paths = report.write(found, Path(args.out))
     print(report.markdown(found))
     for kind in ("json", "markdown", "png", "toml"):
         print(f"wrote {paths[kind]}")
     return 0
-
-
-def for_bench(config: Any) -> Any:
-    """``config`` as the bench runs it: state in memory, :data:`QUIET_PLUGINS` not loaded."""
-    from turnout.kernel.config import StateSection
-
-    disable = sorted(set(config.plugins.disable) | set(QUIET_PLUGINS))
-    return config.model_copy(update={
-        "state": StateSection(),
-        "plugins": config.plugins.model_copy(update={"disable": disable})})
 
 
 def chat_models(kernel: Any, wanted: list[str] | None) -> tuple[list[Any], dict[str, str]]:

@@ -144,33 +144,13 @@ def quality_toml(found: dict[str, Any]) -> str:
 
 def heat_map(found: dict[str, Any]) -> bytes:
     """Quality as a heat map, models by task type, each cell annotated with its share, as PNG
-    bytes. matplotlib (Agg, no display) is imported here, on first use."""
-    import io
+    bytes (:func:`turnout.plugins.charts.heat_map_png`)."""
+    from turnout.plugins.charts import heat_map_png
 
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    tasks = found["tasks"]
-    names = list(found["models"])
-    values = [[found["models"][m]["quality"][t]["quality"] for t in tasks] for m in names]
-    grid = [[float("nan") if v is None else v for v in row] for row in values]
-    figure = Figure(figsize=(1.6 + 1.1 * len(tasks), 1.2 + 0.55 * max(len(names), 1)), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.subplots()
-    image = axes.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
-    axes.set_xticks(range(len(tasks)), labels=tasks, rotation=30, ha="right")
-    axes.set_yticks(range(len(names)), labels=names)
-    for y, row in enumerate(values):
-        for x, value in enumerate(row):
-            dark = value is not None and not 0.25 <= value <= 0.8  # the map's deep ends
-            axes.text(x, y, "-" if value is None else f"{value:.2f}", ha="center", va="center",
-                      fontsize=9, color="white" if dark else "black")
-    axes.set_title("Quality by task type (share of checks passed)", fontsize=10)
-    figure.colorbar(image, ax=axes, fraction=0.04, pad=0.02)
-    figure.tight_layout()
-    out = io.BytesIO()
-    figure.savefig(out, format="png")
-    return out.getvalue()
+    tasks, names = found["tasks"], list(found["models"])
+    return heat_map_png(names, tasks, [[found["models"][m]["quality"][t]["quality"] for t in tasks]
+                                       for m in names],
+                        title="Quality by task type (share of checks passed)")
 
 
 # --- writing -----------------------------------------------------------------------------------
