@@ -235,8 +235,9 @@ class Model(Section):
     @model_validator(mode="before")
     @classmethod
     def _provider_from_deployments(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "provider" not in data and data.get("deployments"):
-            first = data["deployments"][0]
+        deployments = data.get("deployments") if isinstance(data, dict) else None
+        if isinstance(deployments, list) and deployments and "provider" not in data:
+            first = deployments[0]
             if isinstance(first, dict) and "provider" in first:
                 data = {**data, "provider": first["provider"]}
         return data
@@ -531,10 +532,41 @@ def load(path: str | os.PathLike | None = None, *, environ: Mapping[str, str] | 
                      references=references)
     file = Path(path)
     try:
-        text = file.read_text()
+        text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {str(file)!r}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read config {str(file)!r}: not UTF-8 text (byte "
+                          f"{exc.start}); save it as UTF-8") from None
     return parse_text(text, source=str(file), environ=environ, references=references)
+
+
+def overlay(path: str | os.PathLike, base: Config, *, environ: Mapping[str, str] | None = None,
+            lenient_env: bool = False, references: bool = True) -> Config:
+    """The config file at ``path`` laid over ``base``: every top-level table the file has
+    replaces ``base``'s whole (a policy's ``routes`` are all its routes), and the rest
+    (``providers``, ``models``, ...) comes from ``base``, so a file can hold only what differs:
+    a routing policy for ``turnout estimate``. Validated as one config; options as :func:`load`."""
+    environ = os.environ if environ is None else environ
+    if lenient_env:
+        environ = _Lenient(environ)
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config {str(file)!r}: "
+                          f"{getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
+    given = _decode(text, str(file))
+    if not isinstance(given, dict):
+        raise ConfigError(f"{file}: the config must be a table/mapping at the top level")
+    if base.text is not None:
+        under = _decode(base.text, base.source)
+    else:
+        from .defaults import embedded
+
+        under = embedded(environ)
+    return parse({**under, **given}, source=f"{file} over {base.source}", environ=environ,
+                 references=references)
 
 
 def parse_text(text: str, *, source: str, environ: Mapping[str, str] | None = None,
@@ -551,11 +583,14 @@ def parse(raw: dict[str, Any], *, source: str, text: str | None = None,
           environ: Mapping[str, str] | None = None, references: bool = True) -> Config:
     """Validate an already-decoded config tree: its schema, then every reference in it; each
     step reports all of its problems at once."""
-    raw = _interpolate(raw, (), source, text, os.environ if environ is None else environ)
     try:
+        raw = _interpolate(raw, (), source, text, os.environ if environ is None else environ)
         config = Config.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_problems(validation_problems(exc), source, text)) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: the config nests tables and lists too deeply (or a YAML "
+                          "alias refers to itself); flatten it") from None
     config = config.model_copy(update={"source": source, "text": text})
     if references:
         config.fail(config.problems())
@@ -575,6 +610,12 @@ class _Lenient(dict):
         return "${%s}" % name
 
 
+_UNREADABLE = (ValueError, KeyError, TypeError, RecursionError)
+"""What the parsers raise besides their own errors: a YAML value its tag cannot construct
+(``!!int abc``, a date like ``2020-13-45``), an integer too long to convert, nesting deeper than
+the parser recurses."""
+
+
 def _decode(text: str, source: str) -> Any:
     if source.endswith((".yaml", ".yml")):
         try:
@@ -583,15 +624,26 @@ def _decode(text: str, source: str) -> Any:
             mark = getattr(exc, "problem_mark", None)
             where = f":{mark.line + 1}" if mark else ""
             raise ConfigError(f"{source}{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        except _UNREADABLE as exc:
+            raise ConfigError(f"{source}: not valid YAML: {_unreadable(exc)}") from None
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, *_UNREADABLE) as exc:
+        problem = exc if isinstance(exc, tomllib.TOMLDecodeError) else _unreadable(exc)
         if source.endswith(".toml"):
-            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+            raise ConfigError(f"{source}: not valid TOML: {problem}") from None
         try:
             return yaml.safe_load(text) or {}
-        except yaml.YAMLError:
-            raise ConfigError(f"{source}: neither valid TOML ({exc}) nor YAML") from None
+        except (yaml.YAMLError, *_UNREADABLE):
+            raise ConfigError(f"{source}: neither valid TOML ({problem}) nor YAML") from None
+
+
+def _unreadable(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "it nests too deeply"
+    if isinstance(exc, ValueError) and "integer string conversion" in str(exc):
+        return "a number is too long (over 4300 digits)"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _interpolate(node: Any, loc: tuple, source: str, text: str | None,
@@ -626,9 +678,17 @@ def validation_problems(exc: ValidationError, prefix: tuple = ()) -> list[Proble
             msg = "required key is missing"
         got = err.get("input")
         shown = "" if err["type"] in ("missing", "extra_forbidden") or isinstance(got, (dict, list)) \
-            or "secret" in str(loc).lower() or "key" in str(loc[-1:]).lower() else f" (got {got!r})"
+            or "secret" in str(loc).lower() or "key" in str(loc[-1:]).lower() else f" (got {_shown(got)})"
         found.append((loc, msg + shown))
     return found
+
+
+def _shown(value: Any) -> str:
+    """``value`` as quoted in a problem; an integer too long to print is described instead."""
+    try:
+        return repr(value)
+    except ValueError:  # past Python's limit on int-to-str conversion
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
 
 
 def format_problems(problems: list[Problem], source: str, text: str | None) -> str:

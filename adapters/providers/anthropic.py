@@ -38,6 +38,7 @@ from .base import ProviderAdapter, append_turn
 from .errors import (
     parse_json,
     stream_error,
+    unexpected_shape,
 )
 
 DEFAULT_VERSION = "2023-06-01"
@@ -116,7 +117,8 @@ class AnthropicAdapter(ProviderAdapter):
                                       provider=self.name, model=model.name)
         if data.get("stop_reason") == "refusal":
             raise _refusal(self.name, model.name)
-        return to_completion(data, model=model.name, provider=self.name)
+        with unexpected_shape(self.name, model.name):
+            return to_completion(data, model=model.name, provider=self.name)
 
     async def stream(self, request: ChatRequest, model: ModelProfile) -> AsyncIterator[Chunk]:
         """Send a streaming request; translate Anthropic's events into OpenAI-style chunks, the
@@ -129,72 +131,73 @@ class AnthropicAdapter(ProviderAdapter):
         stop_reason: str | None = None
         tools: dict[int, int] = {}      # content block index -> tool call index
         has_args: dict[int, bool] = {}  # content block index -> any argument text seen
-        async with aclosing(self.sse_events(self.url, body, model)) as events:
-            async for event in events:
-                data = parse_json(event.data, self.name, model.name, mid_stream=True)
-                if not isinstance(data, dict):
-                    continue
-                kind = data.get("type") or event.event
-                if kind == "error" or event.event == "error":
-                    raise stream_error(data, self.name, model.name, secrets=self.secrets,
-                                       sent=body)
-                chunk: Chunk | None = None
-                if kind == "message_start":
-                    usage = (data.get("message") or {}).get("usage") or {}
-                    input_tokens = _input_tokens(usage)
-                    cached = int(usage.get("cache_read_input_tokens") or 0)
-                    output_tokens = int(usage.get("output_tokens") or 0)
-                elif kind == "content_block_start":
-                    block = data.get("content_block") or {}
-                    if block.get("type") == "tool_use":
-                        index = tools[data.get("index", 0)] = len(tools)
-                        has_args[data.get("index", 0)] = False
-                        chunk = Chunk(tool_calls=[{
-                            "index": index, "id": block.get("id"), "type": "function",
-                            "function": {"name": block.get("name", ""), "arguments": ""}}])
-                    elif block.get("type") == "text" and block.get("text"):
-                        chunk = Chunk(content=block["text"])
-                elif kind == "content_block_delta":
-                    delta = data.get("delta") or {}
-                    if delta.get("type") == "text_delta" and delta.get("text"):
-                        chunk = Chunk(content=delta["text"])
-                    elif delta.get("type") == "input_json_delta" and delta.get("partial_json"):
-                        block_index = data.get("index", 0)
-                        if block_index in tools:
-                            has_args[block_index] = True
-                            chunk = Chunk(tool_calls=[{
-                                "index": tools[block_index],
-                                "function": {"arguments": delta["partial_json"]}}])
-                elif kind == "content_block_stop":
-                    block_index = data.get("index", 0)
-                    if block_index in tools and not has_args[block_index]:
-                        # A tool called without input: OpenAI clients expect "{}".
-                        chunk = Chunk(tool_calls=[{"index": tools[block_index],
-                                                   "function": {"arguments": "{}"}}])
-                elif kind == "message_delta":
-                    stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
-                    usage = data.get("usage") or {}
-                    output_tokens = int(usage.get("output_tokens") or output_tokens)
-                    if usage.get("input_tokens") is not None:
+        with unexpected_shape(self.name, model.name, mid_stream=True):
+            async with aclosing(self.sse_events(self.url, body, model)) as events:
+                async for event in events:
+                    data = parse_json(event.data, self.name, model.name, mid_stream=True)
+                    if not isinstance(data, dict):
+                        continue
+                    kind = data.get("type") or event.event
+                    if kind == "error" or event.event == "error":
+                        raise stream_error(data, self.name, model.name, secrets=self.secrets,
+                                           sent=body)
+                    chunk: Chunk | None = None
+                    if kind == "message_start":
+                        usage = (data.get("message") or {}).get("usage") or {}
                         input_tokens = _input_tokens(usage)
-                    if stop_reason == "refusal" and not emitted:
-                        raise _refusal(self.name, model.name)
-                elif kind == "message_stop":
-                    stopped = True
-                    break
-                if chunk is not None:
-                    if not emitted:
-                        chunk.role = "assistant"
-                    emitted = True
-                    yield chunk
-        if not stopped:
-            raise StreamBroken(f"{self.name} cut the stream before message_stop",
-                               provider=self.name, model=model.name)
-        finish = "content_filter" if stop_reason == "refusal" else _STOP_REASONS.get(
-            stop_reason or "end_turn", "stop")
-        yield Chunk(finish_reason=finish, usage=Usage(input_tokens, output_tokens,
-                                                      _details(cached)),
-                    role=None if emitted else "assistant")
+                        cached = int(usage.get("cache_read_input_tokens") or 0)
+                        output_tokens = int(usage.get("output_tokens") or 0)
+                    elif kind == "content_block_start":
+                        block = data.get("content_block") or {}
+                        if block.get("type") == "tool_use":
+                            index = tools[data.get("index", 0)] = len(tools)
+                            has_args[data.get("index", 0)] = False
+                            chunk = Chunk(tool_calls=[{
+                                "index": index, "id": block.get("id"), "type": "function",
+                                "function": {"name": block.get("name", ""), "arguments": ""}}])
+                        elif block.get("type") == "text" and block.get("text"):
+                            chunk = Chunk(content=block["text"])
+                    elif kind == "content_block_delta":
+                        delta = data.get("delta") or {}
+                        if delta.get("type") == "text_delta" and delta.get("text"):
+                            chunk = Chunk(content=delta["text"])
+                        elif delta.get("type") == "input_json_delta" and delta.get("partial_json"):
+                            block_index = data.get("index", 0)
+                            if block_index in tools:
+                                has_args[block_index] = True
+                                chunk = Chunk(tool_calls=[{
+                                    "index": tools[block_index],
+                                    "function": {"arguments": delta["partial_json"]}}])
+                    elif kind == "content_block_stop":
+                        block_index = data.get("index", 0)
+                        if block_index in tools and not has_args[block_index]:
+                            # A tool called without input: OpenAI clients expect "{}".
+                            chunk = Chunk(tool_calls=[{"index": tools[block_index],
+                                                       "function": {"arguments": "{}"}}])
+                    elif kind == "message_delta":
+                        stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
+                        usage = data.get("usage") or {}
+                        output_tokens = int(usage.get("output_tokens") or output_tokens)
+                        if usage.get("input_tokens") is not None:
+                            input_tokens = _input_tokens(usage)
+                        if stop_reason == "refusal" and not emitted:
+                            raise _refusal(self.name, model.name)
+                    elif kind == "message_stop":
+                        stopped = True
+                        break
+                    if chunk is not None:
+                        if not emitted:
+                            chunk.role = "assistant"
+                        emitted = True
+                        yield chunk
+            if not stopped:
+                raise StreamBroken(f"{self.name} cut the stream before message_stop",
+                                   provider=self.name, model=model.name)
+            finish = "content_filter" if stop_reason == "refusal" else _STOP_REASONS.get(
+                stop_reason or "end_turn", "stop")
+            yield Chunk(finish_reason=finish, usage=Usage(input_tokens, output_tokens,
+                                                          _details(cached)),
+                        role=None if emitted else "assistant")
 
 
 # --- translation -------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 An adapter turns the canonical (OpenAI-format) request into its provider's wire format, and the
 provider's answer, stream and errors back into :class:`Completion`, :class:`Chunk` and the
-kernel's error tree. No httpx exception leaves an adapter.
+kernel's error tree. No httpx exception leaves an adapter, nor what reading an answer of an
+unexpected shape raises.
 """
 
 from __future__ import annotations

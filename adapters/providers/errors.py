@@ -339,6 +339,21 @@ def map_exceptions(provider: str, model: str | None = None, *,
         raise transport_error(exc, provider, model, mid_stream=mid_stream) from None
 
 
+@contextmanager
+def unexpected_shape(provider: str, model: str | None = None, *,
+                     mid_stream: bool = False) -> Iterator[None]:
+    """Translate what reading valid JSON of the wrong shape raises (a string where an object
+    belongs, a list where a number does) into the kernel's error tree: the upstream's failure.
+    Only the exception's type is named: its text may quote what the upstream sent."""
+    try:
+        yield
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
+        cls = StreamBroken if mid_stream else ProviderUnavailable
+        what = "a stream event" if mid_stream else "an answer"
+        raise cls(f"{provider} sent {what} of an unexpected shape ({type(exc).__name__})",
+                  provider=provider, model=model) from None
+
+
 def parse_json(content: bytes | str, provider: str, model: str | None = None, *,
                mid_stream: bool = False) -> Any:
     """Decode an upstream JSON body or SSE payload; garbage is the upstream's failure."""

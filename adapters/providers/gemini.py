@@ -29,6 +29,7 @@ from .base import ProviderAdapter, append_turn
 from .errors import (
     parse_json,
     stream_error,
+    unexpected_shape,
 )
 
 THINKING_BUDGETS = {"minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
@@ -78,16 +79,17 @@ class GeminiAdapter(ProviderAdapter):
         if not isinstance(data, dict):
             raise ProviderUnavailable(f"{self.name} sent an answer that is not a JSON object",
                                       provider=self.name, model=model.name)
-        self._check_blocked(data, model)
-        candidates = data.get("candidates") or []
-        if not candidates:
-            raise ProviderUnavailable(f"{self.name} sent an answer without candidates",
-                                      provider=self.name, model=model.name)
-        self._check_finish(candidates[0].get("finishReason"), model)
-        first, *others = [self._choice(c, model) for c in candidates if isinstance(c, dict)]
-        first.usage = _usage(data.get("usageMetadata"))
-        first.choices = others or None
-        return first
+        with unexpected_shape(self.name, model.name):
+            self._check_blocked(data, model)
+            candidates = data.get("candidates") or []
+            if not candidates:
+                raise ProviderUnavailable(f"{self.name} sent an answer without candidates",
+                                          provider=self.name, model=model.name)
+            self._check_finish(candidates[0].get("finishReason"), model)
+            first, *others = [self._choice(c, model) for c in candidates if isinstance(c, dict)]
+            first.usage = _usage(data.get("usageMetadata"))
+            first.choices = others or None
+            return first
 
     def _choice(self, candidate: dict[str, Any], model: ModelProfile) -> Completion:
         """One candidate as a completion (without usage: the answer's covers every one)."""
@@ -106,40 +108,41 @@ class GeminiAdapter(ProviderAdapter):
         finish: str | None = None
         usage = Usage()
         calls = 0
-        async with aclosing(self.sse_events(self.url(model, stream=True), body, model)) as events:
-            async for event in events:
-                data = parse_json(event.data, self.name, model.name, mid_stream=True)
-                if isinstance(data, list) and data:
-                    data = data[0]
-                if not isinstance(data, dict):
-                    continue
-                if data.get("error"):
-                    raise stream_error(data, self.name, model.name, secrets=self.secrets,
-                                       sent=body)
-                if not emitted:
-                    self._check_blocked(data, model)
-                if data.get("usageMetadata"):
-                    usage = _usage(data["usageMetadata"])
-                for candidate in (data.get("candidates") or [])[:1]:
-                    text, found = _parts((candidate.get("content") or {}).get("parts") or [])
-                    deltas = [{"index": calls + i, **_tool_call(c, calls + i)}
-                              for i, c in enumerate(found)]
-                    calls += len(found)
-                    if candidate.get("finishReason"):
-                        finish = candidate["finishReason"]
-                        if not emitted and not text and not deltas:
-                            self._check_finish(finish, model)
-                    if text or deltas:
-                        yield Chunk(content=text or None, tool_calls=deltas or None,
-                                    role=None if emitted else "assistant",
-                                    logprobs=openai_logprobs(candidate.get("logprobsResult")))
-                        emitted = True
-        if finish is None:
-            raise StreamBroken(f"{self.name} cut the stream before its finish reason",
-                               provider=self.name, model=model.name)
-        yield Chunk(finish_reason="content_filter" if finish in _BLOCKED
-                    else _finish(finish, calls > 0), usage=usage,
-                    role=None if emitted else "assistant")
+        with unexpected_shape(self.name, model.name, mid_stream=True):
+            async with aclosing(self.sse_events(self.url(model, stream=True), body, model)) as events:
+                async for event in events:
+                    data = parse_json(event.data, self.name, model.name, mid_stream=True)
+                    if isinstance(data, list) and data:
+                        data = data[0]
+                    if not isinstance(data, dict):
+                        continue
+                    if data.get("error"):
+                        raise stream_error(data, self.name, model.name, secrets=self.secrets,
+                                           sent=body)
+                    if not emitted:
+                        self._check_blocked(data, model)
+                    if data.get("usageMetadata"):
+                        usage = _usage(data["usageMetadata"])
+                    for candidate in (data.get("candidates") or [])[:1]:
+                        text, found = _parts((candidate.get("content") or {}).get("parts") or [])
+                        deltas = [{"index": calls + i, **_tool_call(c, calls + i)}
+                                  for i, c in enumerate(found)]
+                        calls += len(found)
+                        if candidate.get("finishReason"):
+                            finish = candidate["finishReason"]
+                            if not emitted and not text and not deltas:
+                                self._check_finish(finish, model)
+                        if text or deltas:
+                            yield Chunk(content=text or None, tool_calls=deltas or None,
+                                        role=None if emitted else "assistant",
+                                        logprobs=openai_logprobs(candidate.get("logprobsResult")))
+                            emitted = True
+            if finish is None:
+                raise StreamBroken(f"{self.name} cut the stream before its finish reason",
+                                   provider=self.name, model=model.name)
+            yield Chunk(finish_reason="content_filter" if finish in _BLOCKED
+                        else _finish(finish, calls > 0), usage=usage,
+                        role=None if emitted else "assistant")
 
     def _check_blocked(self, data: dict[str, Any], model: ModelProfile) -> None:
         """Raise ContentPolicy when the prompt itself was blocked (``promptFeedback``)."""

@@ -22,6 +22,7 @@ from .errors import (
     parse_json,
     scrub,
     stream_error,
+    unexpected_shape,
 )
 
 
@@ -63,7 +64,8 @@ class OpenAIAdapter(ProviderAdapter):
         """Send a non-streaming request and return the whole answer."""
         body = orjson.dumps(self.payload(request, model, stream=False))
         data = await self.post_json(self.url, body, model)
-        return self._completion(data, model, sent=body)
+        with unexpected_shape(self.name, model.name):
+            return self._completion(data, model, sent=body)
 
     def _completion(self, data: Any, model: ModelProfile, *,
                     sent: bytes | None = None) -> Completion:
@@ -109,45 +111,46 @@ class OpenAIAdapter(ProviderAdapter):
         role: str | None = None
         emitted = False
         refusal: list[str] = []
-        async with aclosing(self.sse_events(self.url, body, model)) as events:
-            async for event in events:
-                if event.data.strip() == "[DONE]":
-                    done = True
-                    break
-                data = parse_json(event.data, self.name, model.name, mid_stream=True)
-                if not isinstance(data, dict):
-                    continue
-                if data.get("error") or data.get("object") == "error":
-                    raise stream_error(data, self.name, model.name, secrets=self.secrets,
-                                       sent=body)
-                if data.get("usage"):
-                    usage = _usage(data["usage"])
-                for choice in data.get("choices") or []:
-                    if choice.get("index", 0) != 0:
+        with unexpected_shape(self.name, model.name, mid_stream=True):
+            async with aclosing(self.sse_events(self.url, body, model)) as events:
+                async for event in events:
+                    if event.data.strip() == "[DONE]":
+                        done = True
+                        break
+                    data = parse_json(event.data, self.name, model.name, mid_stream=True)
+                    if not isinstance(data, dict):
                         continue
-                    delta = choice.get("delta") or {}
-                    role = role or delta.get("role")
-                    finish = choice.get("finish_reason") or finish
-                    if delta.get("refusal"):
-                        refusal.append(delta["refusal"])
-                    content = delta.get("content") or None
-                    tool_calls = delta.get("tool_calls") or None
-                    if content is None and tool_calls is None:
-                        continue
-                    yield Chunk(content=content, tool_calls=tool_calls,
-                                role=None if emitted else role or "assistant",
-                                logprobs=choice.get("logprobs"))
-                    emitted = True
-        if not done and finish is None:
-            raise StreamBroken(f"{self.name} cut the stream before it finished",
-                               provider=self.name, model=model.name)
-        if not emitted and (refusal or finish == "content_filter"):
-            reason = scrub("".join(refusal) or "the answer was filtered", self.secrets,
-                           sent=body)
-            raise ContentPolicy(f"{self.name} refused: {reason}", provider=self.name,
-                                model=model.name)
-        yield Chunk(finish_reason=finish or "stop", usage=usage,
-                    role=None if emitted else role or "assistant")
+                    if data.get("error") or data.get("object") == "error":
+                        raise stream_error(data, self.name, model.name, secrets=self.secrets,
+                                           sent=body)
+                    if data.get("usage"):
+                        usage = _usage(data["usage"])
+                    for choice in data.get("choices") or []:
+                        if choice.get("index", 0) != 0:
+                            continue
+                        delta = choice.get("delta") or {}
+                        role = role or delta.get("role")
+                        finish = choice.get("finish_reason") or finish
+                        if delta.get("refusal"):
+                            refusal.append(delta["refusal"])
+                        content = delta.get("content") or None
+                        tool_calls = delta.get("tool_calls") or None
+                        if content is None and tool_calls is None:
+                            continue
+                        yield Chunk(content=content, tool_calls=tool_calls,
+                                    role=None if emitted else role or "assistant",
+                                    logprobs=choice.get("logprobs"))
+                        emitted = True
+            if not done and finish is None:
+                raise StreamBroken(f"{self.name} cut the stream before it finished",
+                                   provider=self.name, model=model.name)
+            if not emitted and (refusal or finish == "content_filter"):
+                reason = scrub("".join(refusal) or "the answer was filtered", self.secrets,
+                               sent=body)
+                raise ContentPolicy(f"{self.name} refused: {reason}", provider=self.name,
+                                    model=model.name)
+            yield Chunk(finish_reason=finish or "stop", usage=usage,
+                        role=None if emitted else role or "assistant")
 
     async def embed(self, request: EmbeddingRequest, model: ModelProfile) -> Embeddings:
         """``POST {base_url}/embeddings``: the texts as a list, vectors asked as floats (the
