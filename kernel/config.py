@@ -32,9 +32,10 @@ CONFIG_ENV = "TURNOUT_CONFIG"
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, so typos are caught at startup."""
+    """Base of every config section: unknown keys are errors, so typos are caught at startup,
+    and so are infinite or not-a-number floats (``1e400`` reads as infinity)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # --- server ------------------------------------------------------------------------------------
@@ -532,7 +533,7 @@ def load(path: str | os.PathLike | None = None, *, environ: Mapping[str, str] | 
                      references=references)
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")  # a leading BOM is not part of the text
     except OSError as exc:
         raise ConfigError(f"cannot read config {str(file)!r}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
@@ -552,7 +553,7 @@ def overlay(path: str | os.PathLike, base: Config, *, environ: Mapping[str, str]
         environ = _Lenient(environ)
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")  # a leading BOM is not part of the text
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config {str(file)!r}: "
                           f"{getattr(exc, 'strerror', None) or 'not UTF-8 text'}") from None
