@@ -9,6 +9,8 @@ RouteLLM paper defines them (see ``turnout.plugins.learned.metrics``): ``apgr`` 
 share of the weak-to-strong accuracy gap recovered, over the share of strong calls; random 0.5),
 ``cpt50`` and ``cpt80`` (the smallest share of strong calls recovering 50% and 80% of the gap),
 ``strong_share_at_95`` (the smallest share reaching 95% of the strong model's accuracy).
+A training prompt that is also an evaluation prompt (the same question in two files) is dropped
+from training.
 
 Routers: ``random`` (the expectation over random orders), ``oracle`` (strong only where the weak
 model fails and the strong one does not: the bound), ``difficulty`` (the heuristic classifier's
@@ -45,20 +47,20 @@ import numpy as np
 from turnout.plugins.learned import data as outcomes_data
 from turnout.plugins.learned import features, metrics
 from turnout.plugins.learned import model as m
-from turnout.plugins.learned.train import fit_vectors
+from turnout.plugins.learned.train import fit_prompts
 
 ROUTERS = ("difficulty", "learned")
 """The built-in routers that score prompts (``random`` and ``oracle`` are always reported)."""
 
 
-def score(router: str, train_x: np.ndarray | None, train: outcomes_data.Outcomes | None,
-          eval_x: np.ndarray) -> np.ndarray:
+def score(router: str, train_x: np.ndarray, train: outcomes_data.Outcomes, eval_x: np.ndarray,
+          test: outcomes_data.Outcomes) -> np.ndarray:
     """The router's scores for the evaluation prompts (higher: more in need of the strong model)."""
     if router == "difficulty":
         return eval_x[:, features.NAMES.index("difficulty")]
     if router == "learned":
-        model = fit_vectors(train_x, train.weak, train.strong)
-        return model.predict_matrix(eval_x)
+        model = fit_prompts(train.prompts, train_x, train.weak, train.strong, groups=train.groups)
+        return model.predict_matrix(model.vectors(test.prompts, eval_x))
     raise SystemExit(f"unknown router {router!r}; choose one of {', '.join(ROUTERS)}")
 
 
@@ -69,7 +71,7 @@ def rows(train: outcomes_data.Outcomes, train_x: np.ndarray, test: outcomes_data
            {"router": "oracle", **metrics.evaluate(metrics.oracle_scores(test.weak, test.strong),
                                                    test.weak, test.strong)}]
     for router in routers:
-        out.append({"router": router, **metrics.evaluate(score(router, train_x, train, eval_x),
+        out.append({"router": router, **metrics.evaluate(score(router, train_x, train, eval_x, test),
                                                          test.weak, test.strong)})
     return out
 
@@ -79,9 +81,18 @@ def best(found: list[dict]) -> dict:
     return max((r for r in found if r["router"] not in ("random", "oracle")), key=lambda r: r["apgr"])
 
 
+def unseen(train_rows: list[int], prompts: list[str], test_rows: list[int]) -> list[int]:
+    """The training rows whose prompt is not also an evaluation prompt (the same question may sit
+    in two subjects' files): a router is scored only on prompts it was not trained on."""
+    held = {prompts[i] for i in test_rows}
+    return [i for i in train_rows if prompts[i] not in held]
+
+
 def split(args: argparse.Namespace, routers: tuple[str, ...]) -> None:
     train = outcomes_data.read_dir(args.train, args.limit)
     test = outcomes_data.read_dir(args.eval, args.limit)
+    held = set(test.prompts)
+    train = train.subset([i for i, p in enumerate(train.prompts) if p not in held])
     found = rows(train, m.matrix(train.prompts), test, m.matrix(test.prompts), routers)
     for row in found:
         print(json.dumps(row))
@@ -99,7 +110,8 @@ def folds(args: argparse.Namespace, routers: tuple[str, ...]) -> None:
     for fold in range(args.folds):
         held_out = set(groups[fold::args.folds])
         test_rows = [i for i, g in enumerate(every.groups) if g in held_out]
-        train_rows = [i for i, g in enumerate(every.groups) if g not in held_out]
+        train_rows = unseen([i for i, g in enumerate(every.groups) if g not in held_out],
+                            every.prompts, test_rows)
         found = rows(every.subset(train_rows), x[train_rows], every.subset(test_rows), x[test_rows],
                      routers)
         for row in found:

@@ -4,14 +4,17 @@ good as the stronger one's, and sends the prompt to the strong model only when i
 A route names it with ``router = "learned"`` or ``router = { kind = "learned", model_path =
 "...", target_strong_share = 0.3 }``. Convention: the route's ``models`` list the weak (cheap)
 model first and the strong one last. The router scores the last user message with the model
-file (a logistic regression over subject-agnostic features, see
-:mod:`turnout.plugins.learned.features`): P(strong needed), the chance that the weak model is
-wrong where the strong one is right. At or above the threshold the strong model goes first,
-else the candidates keep their order (weak first); the others stay behind as fallbacks.
+file (see :mod:`turnout.plugins.learned.model`: logistic regressions over subject-agnostic
+features and over the prompt's words, their scores ranked against the training prompts' and
+averaged): a score from 0 to 1 of how much the prompt needs the strong model, 0.9 meaning more
+than about 90% of the training prompts did. At or above the threshold the strong model goes
+first, else the candidates keep their order (weak first); the others stay behind as fallbacks.
 
-The decision record (``decision["router"]``) carries the prediction, the threshold, a few named
-features and the whole feature vector, which ``turnout router retrain`` learns from (prompts are
-never recorded). The plugin registers ``turnout router train|eval|retrain``.
+The decision record (``decision["router"]``) carries the score (``prediction``), the threshold,
+a few named features and the whole vector (the feature values, then the word score, rounded as
+recorded: the score is computed from the rounded vector, so the recorded vector replays to the
+same score). ``turnout router retrain`` learns from it (prompts are never recorded). The plugin
+registers ``turnout router train|eval|retrain``.
 """
 
 from __future__ import annotations
@@ -23,16 +26,21 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from turnout.kernel.hookspecs import hookimpl
 from turnout.kernel.types import Context, ModelProfile, Ranking
 
-from .learned import features as feats
 from .learned import store
+from .learned.model import VECTOR_NAMES
 
-SHOWN = ("log_tokens", "options", "digit_share", "compute_cues", "reasoning_cues", "difficulty")
+SHOWN = ("log_tokens", "options", "digit_share", "compute_cues", "reasoning_cues", "difficulty",
+         "option_stem_ratio", "options_one_word", "word_score")
 """The features named in the decision record (the whole vector is recorded too)."""
 
 VECTOR = "learned.vector"
-"""``ctx.state`` key of a feature vector given for the request, scored instead of the prompt's:
-``turnout estimate`` replays recorded requests, whose prompts are not kept, with the vectors
-their decision records hold."""
+"""``ctx.state`` key of a vector (``model.VECTOR_NAMES``) given for the request, scored instead of
+the prompt's: ``turnout estimate`` replays recorded requests, whose prompts are not kept, with
+the vectors their decision records hold. A vector of another length (recorded by an older
+version) is dropped and the router ranks nothing."""
+
+DIGITS = 5
+"""Decimal places of the recorded vector; the score is computed from the rounded values."""
 
 
 class LearnedSettings(BaseModel):
@@ -45,7 +53,9 @@ class LearnedSettings(BaseModel):
                                    "with Turnout, trained on per-prompt outcomes of two models on "
                                    "MMLU. Read at start-up and again when the file changes.")
     threshold: float | None = Field(default=None, ge=0, le=1, description="Send the prompt to the "
-                                    "strong model first when P(strong needed) is at or above this. "
+                                    "strong model first when the model's score (0..1: the share of "
+                                    "its training prompts this prompt needs the strong model more "
+                                    "than, averaged over its two views) is at or above this. "
                                     "Default: the threshold the model was calibrated to.")
     target_strong_share: float | None = Field(default=None, ge=0, le=1, description="Instead of a "
                                               "threshold: the share of prompts to send to the strong "
@@ -84,7 +94,7 @@ def prompt_of(ctx: Context) -> str:
 
 def learned(ctx: Context, candidates: list[ModelProfile],
             settings: LearnedSettings | None = None) -> Ranking | None:
-    """Rank the route's candidates (weak first, strong last) by P(strong needed). A model
+    """Rank the route's candidates (weak first, strong last) by the model's score. A model
     served by several deployments appears once per deployment; they move together."""
     names = list(dict.fromkeys(c.name for c in candidates))
     if len(names) < 2:
@@ -92,23 +102,28 @@ def learned(ctx: Context, candidates: list[ModelProfile],
     settings = settings or DEFAULTS
     model = store.load(settings.model_path)
     threshold = settings.resolved_threshold()
-    vector = ctx.state.get(VECTOR) or feats.features(prompt_of(ctx), ctx.labels.get("difficulty"))
+    given = ctx.state.get(VECTOR)
+    if given is not None and len(given) != len(model.names) + 1:
+        ctx.state.pop(VECTOR)            # recorded by another version: not this model's vector
+        return None
+    vector = given or [round(v, DIGITS) for v in
+                       model.vector(prompt_of(ctx), ctx.labels.get("difficulty"))]
     p = model.predict_vector(vector)
     weak, strong = next(c for c in candidates if c.name == names[0]), \
         next(c for c in candidates if c.name == names[-1])
     if p >= threshold:
         order = [c for c in candidates if c.name == strong.name] + \
             [c for c in candidates if c.name != strong.name]
-        reason = f"P(strong needed) {p:.3f} >= {threshold:.3f}: {strong.name} first"
+        reason = f"strong-need score {p:.3f} >= {threshold:.3f}: {strong.name} first"
     else:
         order = list(candidates)
-        reason = f"P(strong needed) {p:.3f} < {threshold:.3f}: {weak.name} first"
-    named = dict(zip(feats.NAMES, vector))
+        reason = f"strong-need score {p:.3f} < {threshold:.3f}: {weak.name} first"
+    named = dict(zip(VECTOR_NAMES, vector))
     details: dict[str, Any] = {
         "prediction": round(p, 4), "threshold": round(threshold, 4),
         "weak": weak.name, "strong": strong.name,
         "features": {name: round(named[name], 4) for name in SHOWN},
-        "vector": [round(v, 5) for v in vector],
+        "vector": list(vector),
     }
     return Ranking(models=order, reason=reason, scores={weak.name: round(1 - p, 4),
                                                         strong.name: round(p, 4)}, details=details)

@@ -18,7 +18,7 @@ prediction is scored with the model shipped with Turnout (its own threshold; the
 then the router's, else the route's model cheapest for these tokens). A request with neither is
 counted as *no prediction*; nothing is guessed. Of the predicted requests:
 
-- P(strong needed) at or above the threshold: *strong predicted*, no saving;
+- a strong-need score at or above the threshold: *strong predicted*, no saving;
 - answered by the weak model: *weak answered*, nothing to save;
 - the weak model was tried and its answer rejected by a validator: *weak rejected*, it did not
   do as well, no saving;
@@ -155,7 +155,7 @@ class Judged:
 
 def prediction_of(router: Any, route: str | None, tokens: tuple[int, int],
                   prices: Prices) -> tuple[float, float, str | None, str] | None:
-    """(P(strong needed), threshold, weak model, source) from a decision's router record: the
+    """(the strong-need score, threshold, weak model, source) from a decision's router record: the
     recorded prediction, else the shipped model on the recorded feature vector; None without
     either."""
     if not isinstance(router, dict):
@@ -163,10 +163,11 @@ def prediction_of(router: Any, route: str | None, tokens: tuple[int, int],
     p, threshold = router.get("prediction"), router.get("threshold")
     if isinstance(p, (int, float)) and isinstance(threshold, (int, float)):
         return float(p), float(threshold), router.get("weak"), "recorded"
-    from .learned import features, store
+    from .learned import store
+    from .learned.model import VECTOR_NAMES
 
     vector = router.get("vector")
-    if not isinstance(vector, list) or len(vector) != len(features.NAMES) or \
+    if not isinstance(vector, list) or len(vector) != len(VECTOR_NAMES) or \
             not all(isinstance(v, (int, float)) for v in vector):
         return None
     model = store.load()

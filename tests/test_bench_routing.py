@@ -74,3 +74,15 @@ def test_folds_by_subject_hold_each_subject_out_once(split) -> None:
     assert sum(r["n"] for r in learned) == 12 * 40          # every prompt evaluated exactly once
     assert means[-1]["apgr"] == pytest.approx(sum(r["apgr"] for r in learned) / 3, abs=1e-4)
     assert lines[-1] == max(means[2:], key=lambda r: r["apgr"])
+
+
+def test_a_training_prompt_that_is_also_an_evaluation_prompt_is_dropped(tmp_path: Path) -> None:
+    """The same question in two subjects' files: the fold that evaluates one trains on neither."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("routing_bench", BENCH)
+    routing = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(routing)
+    prompts = ["q1", "q2", "shared", "q3", "shared", "q4"]
+    assert routing.unseen([0, 1, 2, 3], prompts, [4, 5]) == [0, 1, 3]
+    assert routing.unseen([0, 1], prompts, [4, 5]) == [0, 1]

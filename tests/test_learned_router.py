@@ -8,6 +8,7 @@ import argparse
 import csv
 import json
 import sqlite3
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,9 @@ import pytest
 from turnout.kernel import errors
 from turnout.kernel.config import parse
 from turnout.kernel.kernel import Kernel
-from turnout.plugins.learned import cli, data, features, metrics, records, store
+from turnout.plugins.learned import cli, data, features, metrics, records, store, text
 from turnout.plugins.learned import model as m
-from turnout.plugins.learned.train import fit_vectors
+from turnout.plugins.learned.train import fit_prompts, fit_vectors
 from turnout.plugins.sqlite_recorder import SCHEMA
 
 from .fakes import Script, openai_app, serve
@@ -62,13 +63,13 @@ def test_renaming_the_subject_nouns_leaves_the_features_alone() -> None:
     assert named["negation"] > 0 and named["which_following"] == 1 and named["all_none_above"] == 1
     assert named["options"] == 4 and named["years"] > 0
     model = store.load()
-    assert abs(model.predict_vector(one) - model.predict_vector(other)) < 0.02
+    assert abs(model.feature_score(one) - model.feature_score(other)) < 0.02
 
 
 def test_every_feature_is_finite_for_odd_prompts() -> None:
-    for text in ("", " ", "A. only an option", "```\ndef f():\n    return 1\n```", "$" * 5000,
-                 "日本語の質問です。", "x = 3 + 4 * 2 ^ 2; how many?"):
-        values = features.features(text)
+    for prompt in ("", " ", "A. only an option", "```\ndef f():\n    return 1\n```", "$" * 5000,
+                   "日本語の質問です。", "x = 3 + 4 * 2 ^ 2; how many?"):
+        values = features.features(prompt)
         assert len(values) == len(features.NAMES) and all(np.isfinite(values))
 
 
@@ -106,9 +107,10 @@ def test_no_gap_between_the_models_is_refused() -> None:
 # --- training, calibration and the model file --------------------------------------------------
 
 def synthetic(n: int = 400, seed: int = 7):
-    """Feature vectors where a large first feature means the weak model fails."""
+    """Vectors (features, then a word score) where a large first feature means the weak model
+    fails."""
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(n, len(features.NAMES)))
+    x = rng.normal(size=(n, len(m.VECTOR_NAMES)))
     weak = list(rng.random(n) > 1 / (1 + np.exp(-2 * x[:, 0])))
     strong = list(rng.random(n) < 0.9)
     return x, weak, strong
@@ -121,7 +123,7 @@ def test_the_threshold_gives_the_target_share_on_the_training_data() -> None:
         sent = float(np.mean(model.predict_matrix(x) >= model.threshold))
         assert sent == pytest.approx(share, abs=0.005)
         assert model.threshold_for_share(share) == pytest.approx(model.threshold, abs=0.02)
-    assert model.weights[0] > 0 and abs(model.weights[0]) == max(abs(w) for w in model.weights)
+    assert model.weak.weights[0] < 0 and abs(model.weak.weights[0]) == max(map(abs, model.weak.weights))
 
 
 def test_the_threshold_reaches_the_target_quality_on_the_training_data() -> None:
@@ -144,6 +146,101 @@ def test_the_model_file_round_trips(tmp_path: Path) -> None:
     assert again.predict(HARD) == pytest.approx(model.predict(HARD))
 
 
+# --- the word model, and the two views together -----------------------------------------------
+
+def test_a_prompts_terms_are_its_words_and_word_pairs() -> None:
+    assert text.terms("Which of the following, which? A x") == {
+        "which": 2, "of": 1, "the": 1, "following": 1, "which of": 1, "of the": 1,
+        "the following": 1, "following which": 1}
+
+
+def test_the_word_models_newton_steps_reach_the_dense_solution() -> None:
+    """The sparse Newton / conjugate-gradient fit lands where the dense Newton fit of the feature
+    models does, on the same unit-length rows and penalty."""
+    rng = np.random.default_rng(5)
+    counted = [Counter({f"w{j}": int(rng.integers(1, 4)) for j in rng.choice(12, 5, replace=False)})
+               for _ in range(200)]
+    idf = text.vocabulary(counted, min_df=1)
+    sparse = text.Sparse(counted, idf)
+    dense = np.zeros(sparse.shape)
+    np.add.at(dense, (sparse.rows, sparse.cols), sparse.vals)
+    y = (dense[:, 0] + rng.normal(0, 0.3, 200) > 0.2).astype(float)
+    w, b = text.logistic(sparse, y, l2=1.0)
+    exact = m.fit(dense, y, l2=1.0)
+    assert np.allclose(w, exact.weights, atol=1e-6) and b == pytest.approx(exact.bias, abs=1e-6)
+
+
+def word_rows(n: int = 120) -> list[tuple[str, bool, bool]]:
+    """Same-shaped questions: about integrals the weak model fails, about capitals it does not."""
+    out = []
+    for i in range(n):
+        if i % 2:
+            out.append((f"Evaluate the definite integral of the function number {i} over the "
+                        f"interval.\nA. {i}\nB. {i + 1}\nC. {i + 2}\nD. {i + 3}\nAnswer:", i % 6 == 1, True))
+        else:
+            out.append((f"Name the capital city of the country number {i} on the map."
+                        f"\nA. {i}\nB. {i + 1}\nC. {i + 2}\nD. {i + 3}\nAnswer:", True, i % 8 != 0))
+    return out
+
+
+@pytest.fixture(scope="module")
+def worded() -> m.Model:
+    rows = word_rows()
+    return fit_prompts([r[0] for r in rows], None, [r[1] for r in rows], [r[2] for r in rows],
+                       groups=[f"g{i % 7}" for i in range(len(rows))], target_strong_share=0.5)
+
+
+def test_a_model_trained_on_a_tiny_fixture_ranks_by_its_words(worded: m.Model) -> None:
+    """Prompts of the same shape, told apart by their words: the word model ranks the integral
+    above its bias and the capital below, and the combined score follows."""
+    options = "\nA. 1\nB. 2\nC. 3\nD. 4\nAnswer:"
+    hard = "Evaluate the definite integral of the function number 7 over the interval." + options
+    easy = "Name the capital city of the country number 7 on the map." + options
+    assert worded.text.score(hard) > worded.text.bias > worded.text.score(easy)
+    assert worded.predict(hard) >= worded.threshold > worded.predict(easy)
+    assert 0 <= worded.predict(easy) < worded.predict(hard) <= 1
+    assert worded.text_quantiles == sorted(worded.text_quantiles) and len(worded.text_quantiles) == 101
+    assert worded.trained_on["terms"] == len(worded.text.terms) > 0
+
+
+def test_a_model_with_words_round_trips_through_its_file(worded: m.Model, tmp_path: Path) -> None:
+    path = tmp_path / "router.json"
+    worded.save(path)
+    again = m.Model.load(path)
+    assert again.to_dict() == worded.to_dict()
+    for prompt, _, _ in word_rows(12):
+        assert again.predict(prompt) == worded.predict(prompt)
+    x = worded.vectors([r[0] for r in word_rows(12)])
+    assert np.allclose(again.predict_matrix(x), [worded.predict_vector(v) for v in x.tolist()])
+
+
+def test_the_recorded_vector_replays_to_exactly_the_live_score() -> None:
+    """What the router records (the rounded vector, word score last) is what it scored: the
+    vector alone, through JSON, gives the same score, and one of another length is refused."""
+    from turnout.kernel.request import ChatRequest
+    from turnout.kernel.types import Context, ModelProfile
+    from turnout.plugins.learned_router import VECTOR, learned
+
+    models = [ModelProfile("weak", "p", "weak"), ModelProfile("strong", "p", "strong")]
+    model = store.load()
+    for prompt in (HARD, EASY):
+        live = learned(Context(request=ChatRequest(model="r", messages=[
+            {"role": "user", "content": prompt}])), models)
+        recorded = json.loads(json.dumps(live.details))["vector"]
+        assert len(recorded) == len(m.VECTOR_NAMES)
+        assert recorded[-1] == round(model.text.score(prompt), 5)
+        replay = Context(request=ChatRequest(model="r", messages=[{"role": "user", "content": "?"}]))
+        replay.state[VECTOR] = recorded
+        again = learned(replay, models)
+        assert again.details == live.details and again.models == live.models
+        assert model.predict_vector(recorded) == model.predict_vector(live.details["vector"])
+    old = Context(request=ChatRequest(model="r", messages=[{"role": "user", "content": HARD}]))
+    old.state[VECTOR] = [0.1] * 28
+    assert learned(old, models) is None and VECTOR not in old.state
+    with pytest.raises(ValueError, match="the features, then the word score"):
+        model.predict_vector([0.1] * 28)
+
+
 def test_a_model_file_for_other_features_or_no_model_is_refused(tmp_path: Path) -> None:
     data_ = json.loads(store.SHIPPED.read_text())
     data_["names"] = data_["names"][:-1] + ["something_else"]
@@ -153,6 +250,9 @@ def test_a_model_file_for_other_features_or_no_model_is_refused(tmp_path: Path) 
     (tmp_path / "other.json").write_text('{"weights": []}')
     with pytest.raises(ValueError, match="turnout router train"):
         m.Model.load(tmp_path / "other.json")
+    (tmp_path / "v1.json").write_text('{"format": "turnout-learned-router/1", "weights": []}')
+    with pytest.raises(ValueError, match="this version reads"):
+        m.Model.load(tmp_path / "v1.json")
 
 
 def test_the_shipped_model_sends_a_hard_prompt_to_the_strong_model_and_an_easy_one_to_the_weak() -> None:
@@ -235,7 +335,7 @@ def test_a_csv_in_another_format_is_refused_with_what_to_write(tmp_path: Path,
 
 # --- retraining from the request record --------------------------------------------------------
 
-VECTOR = [0.1] * len(features.NAMES)
+VECTOR = [0.1] * len(m.VECTOR_NAMES)
 ROUTED = {"kind": "learned", "weak": "weak", "strong": "strong", "vector": VECTOR}
 
 
@@ -258,7 +358,7 @@ def test_retrain_learns_from_the_record(tmp_path: Path, capsys: pytest.CaptureFi
     with sqlite3.connect(db) as conn:
         conn.executescript(SCHEMA)
         for i in range(80):
-            vector = list(rng.normal(size=len(features.NAMES)))
+            vector = list(rng.normal(size=len(m.VECTOR_NAMES)))
             hard = vector[0] > 0
             decision = {"router": {**ROUTED, "vector": vector}}
             model = "strong" if hard else "weak"
@@ -275,7 +375,8 @@ def test_retrain_learns_from_the_record(tmp_path: Path, capsys: pytest.CaptureFi
     assert command("retrain", "--db", str(db), "--out", str(out), "--min-examples", "50") == 0
     assert json.loads(capsys.readouterr().out)["examples"] == 80
     retrained = m.Model.load(out)
-    assert retrained.weights[0] == max(retrained.weights)       # it found the signal
+    assert retrained.weak.weights[0] == min(retrained.weak.weights)    # it found the signal
+    assert retrained.text.terms == store.load().text.terms       # the word model is kept
     assert command("retrain", "--db", str(db), "--out", str(out), "--min-examples", "500") == 1
     assert "80 recorded examples" in capsys.readouterr().err
 
@@ -330,6 +431,9 @@ def test_http_the_router_picks_the_model_and_records_its_prediction(gateway, rou
     assert (router["prediction"] >= router["threshold"]) == (first == "strong")
     assert router["scores"]["strong"] == router["prediction"]
     assert set(router["features"]) == {"log_tokens", "options", "digit_share", "compute_cues",
-                                       "reasoning_cues", "difficulty"}
-    assert len(router["vector"]) == len(features.NAMES)
+                                       "reasoning_cues", "difficulty", "option_stem_ratio",
+                                       "options_one_word", "word_score"}
+    assert len(router["vector"]) == len(m.VECTOR_NAMES)
+    # the recorded vector alone replays to the recorded score
+    assert round(store.load().predict_vector(router["vector"]), 4) == router["prediction"]
     assert router["reason"].endswith(f"{first} first")

@@ -27,7 +27,7 @@ def train(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     outcomes = data.read_dir(args.data)
     model = m.Model.load(args.model) if args.model else store.load()
-    scores = model.predict_matrix(m.matrix(outcomes.prompts))
+    scores = model.predict_matrix(model.vectors(outcomes.prompts))
     print(json.dumps({"router": "learned", **metrics.evaluate(scores, outcomes.weak, outcomes.strong)}))
     return 0
 
@@ -45,6 +45,16 @@ def retrain(args: argparse.Namespace) -> int:
         time.sleep(every)
 
 
+def word_model_of(out: str | Path) -> m.Model:
+    """The model whose word model a retrained one keeps: the one at ``out`` (which the gateway
+    reads, so the recorded word scores are its), else the shipped one. The record holds no
+    prompts, so the word model itself is not refitted; the feature models are."""
+    try:
+        return m.Model.load(out)
+    except (OSError, ValueError):
+        return store.load()
+
+
 def _retrain_once(args: argparse.Namespace, path: str, since: float | None) -> int:
     import numpy as np
 
@@ -57,12 +67,13 @@ def _retrain_once(args: argparse.Namespace, path: str, since: float | None) -> i
               f"collect feedback, or lower --min-examples", file=sys.stderr)
         return 1
     source = f"record ({len(x)} requests)"
+    base = word_model_of(args.out)
     if args.data:
         extra = data.read_dir(args.data)
-        x = np.vstack([x, m.matrix(extra.prompts)])
+        x = np.vstack([x, base.vectors(extra.prompts)])
         weak, strong = list(weak) + extra.weak, list(strong) + extra.strong
         source += f" + {Path(args.data).name}"
-    model = fit_vectors(x, weak, strong, target_strong_share=args.target_strong_share,
+    model = fit_vectors(x, weak, strong, words=base.text, target_strong_share=args.target_strong_share,
                         target_quality=args.target_quality, source=source)
     model.save(args.out)
     print(json.dumps({"model": str(args.out), "examples": len(x),

@@ -1,5 +1,7 @@
 """Subject-agnostic features of a prompt: its size, its structure (answer options, statements,
-scenarios), the arithmetic and reasoning it asks for, and how hard its wording reads.
+scenarios), the arithmetic and reasoning it asks for, how hard its wording reads, and what kind
+of answer its options and question ask for (true/false pairs, one word, a number, a definition,
+the best of several).
 
 No feature looks at what a prompt is about: there is no vocabulary of subjects, only counts of
 shapes (digits, operators, units, option lengths, negations, reasoning cues), so a model over
@@ -45,10 +47,26 @@ NAMES: tuple[str, ...] = (
     "blank",               # a fill-in blank (___)
     "question_mark",       # the question ends with a question mark
     "difficulty",          # the heuristic classifier's difficulty (0..1)
+    # what the options and the question ask for
+    "options_true_false",  # share of options that are "True, False" style pairs
+    "options_one_word",    # share of one-word options
+    "options_decimal",     # share of options with a decimal number (3.5)
+    "option_number_range", # log(1 + largest / smallest number leading the options) / 10, to 1
+    "stem_equation",       # an equation or a product in the stem (=, ^, 3 x 4)
+    "asks_best",           # the question asks for the best / most likely / most appropriate
+    "asks_what_is",        # the question starts "what is", "who was", "where are" ...
+    "passage",             # a passage to read (named, or a stem of 1,200+ characters)
+    "roman_numerals",      # roman numerals I..IV (statement lists), up to 8, / 8
+    "option_stem_ratio",   # log(1 + option characters / stem characters)
+    "negation_upper",      # NOT, EXCEPT or LEAST in capitals in the stem
+    "both_neither",        # an option starting "both" or "neither"
+    "options_sentences",   # share of options of 8+ words
+    "asks_why",            # the question asks why
+    "asks_definition",     # "is defined as", "refers to", "is called", "term for" ...
 )
 
 _OPTION = re.compile(r"^\s*\(?([A-J])[.)]\s+(.*)$")
-_NUMBER = re.compile(r"(?<![A-Za-z])[-+]?\d+(?:[.,]\d+)*(?:e[-+]?\d+)?")
+_NUMBER = re.compile(r"(?<![A-Za-z])[-+]?\d+(?:[.,]\d+)*")
 _OPERATOR_CHARS = "=+*/^×÷√∑∫π≈≤≥<>±"
 _OPERATOR_WORDS = ("\\frac", "sqrt", "log(", "ln(", "sin(", "cos(", " mod ", "\\", "$")
 _NOT_OPERATORS = str.maketrans("", "", _OPERATOR_CHARS)
@@ -70,7 +88,19 @@ _REASONING = ("step by step", "step-by-step", "explain why", "analy", "prove", "
               "suppose", "assume", "given that", "consider", "because")
 _CODE = ("```", "def ", "function", "import ", "#include", "SELECT ", "=>", "return ", "print(", "{\n",
          ";\n", "()", "//", "</")
-_NUMBER = re.compile(r"(?<![A-Za-z])[-+]?\d+(?:[.,]\d+)*")
+_LEADING_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_TRUE_FALSE = re.compile(r"^(true|false)\s*,\s*(true|false)$", re.I)
+_DECIMAL = re.compile(r"\d\.\d")
+_EQUATION = re.compile(r"\d\s*[x×*/]\s*\d")      # "=" and "^" are looked for as substrings
+_ASKS_BEST = re.compile(r"\b(best|most likely|most accurate|primarily|most appropriate)\b")
+_ASKS_WHAT_IS = re.compile(r"^(what|who|when|where) (is|was|are|were)\b")
+_ROMAN = re.compile(r"\b(?:I|II|III|IV)\b")
+_NEGATION_WORDS = ("NOT", "EXCEPT", "LEAST")
+_NEGATION_WORD = re.compile(r"\b(NOT|EXCEPT|LEAST)\b")
+_WHY = re.compile(r"\bwhy\b")
+_DEFINITIONS = ("is defined as", "refers to", "is called", "is known as", "term for")
+_DEFINITION = re.compile(r"\b(is defined as|refers to|is called|is known as|term for)\b")
+# (the regexes above run only once a substring test says they may match: long prompts are common)
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
 _SENTENCE = re.compile(r"[.!?](?:\s|$)")
 _CAPITAL = re.compile(r"(?<=[a-z,;:] )[A-Z][a-z]")
@@ -102,6 +132,10 @@ def _count(text: str, phrases: tuple[str, ...]) -> int:
     return sum(text.count(phrase) for phrase in phrases)
 
 
+def _has(text: str, phrases: tuple[str, ...]) -> bool:
+    return any(phrase in text for phrase in phrases)
+
+
 def _log(n: float) -> float:
     return math.log1p(n)
 
@@ -118,6 +152,47 @@ def _numeric(option: str) -> bool:
     digits = len(option) - len(option.translate(_DIGITS))
     letters = sum(map(str.isalpha, option))
     return digits > 0 and digits >= letters
+
+
+def _number_range(options: list[str]) -> float:
+    """log(1 + largest / smallest) of the numbers that lead the options, / 10 and at most 1."""
+    numbers = []
+    for option in options:
+        head = option.strip().replace(",", "").split(" ")[0]
+        match = _LEADING_NUMBER.fullmatch(head) if head else None
+        if match:
+            numbers.append(abs(float(match.group(0))))
+    if len(numbers) < 2 or max(numbers) <= 0:
+        return 0.0
+    return min(math.log1p(max(numbers) / (min(numbers) + 1e-9)), 10.0) / 10
+
+
+def _option_values(text: str, stem: str, options: list[str]) -> dict[str, float]:
+    """The values of the option and question-type features (the last block of ``NAMES``)."""
+    lower = stem.lower()
+    question = lower.rstrip().rsplit("\n", 1)[-1]
+    n = max(len(options), 1)
+    return {
+        "options_true_false": sum(bool(_TRUE_FALSE.match(o.strip())) for o in options) / n,
+        "options_one_word": sum(len(o.split()) == 1 for o in options) / n,
+        "options_decimal": sum(bool(_DECIMAL.search(o)) for o in options) / n,
+        "option_number_range": _number_range(options),
+        "stem_equation": 1.0 if ("=" in stem or "^" in stem or _EQUATION.search(stem)) else 0.0,
+        "asks_best": 1.0 if _ASKS_BEST.search(question) else 0.0,
+        "asks_what_is": 1.0 if _ASKS_WHAT_IS.search(question.strip()) else 0.0,
+        "passage": 1.0 if ("refers to the following" in lower or "passage" in lower
+                           or len(stem) > 1200) else 0.0,
+        "roman_numerals": min(len(_ROMAN.findall(text)), 8) / 8,
+        "option_stem_ratio": math.log1p(sum(map(len, options)) / max(len(stem), 1)),
+        "negation_upper": 1.0 if (_has(stem, _NEGATION_WORDS) and _NEGATION_WORD.search(stem))
+        else 0.0,
+        "both_neither": 1.0 if any(o.strip().lower().startswith(("both", "neither"))
+                                   for o in options) else 0.0,
+        "options_sentences": sum(len(o.split()) >= 8 for o in options) / n,
+        "asks_why": 1.0 if _WHY.search(question) else 0.0,
+        "asks_definition": 1.0 if (_has(lower, _DEFINITIONS) and _DEFINITION.search(lower))
+        else 0.0,
+    }
 
 
 def difficulty(text: str) -> float:
@@ -171,5 +246,6 @@ def features(text: str, difficulty_label: float | None = None) -> list[float]:
         "blank": 1.0 if "__" in text else 0.0,
         "question_mark": 1.0 if last.rstrip().endswith("?") else 0.0,
         "difficulty": difficulty(text) if difficulty_label is None else float(difficulty_label),
+        **_option_values(text, stem, options),
     }
     return [float(values[name]) for name in NAMES]

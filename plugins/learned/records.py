@@ -1,8 +1,9 @@
 """Training examples from the request record (SQLite), for ``turnout router retrain``.
 
-Prompts are never recorded; the ``learned`` router records its feature vector in the decision
-(``decision["router"]["vector"]``), with the names of the weak and the strong model. A routed
-request becomes an example when its outcome says whether the weak model sufficed:
+Prompts are never recorded; the ``learned`` router records the prompt's vector (feature values,
+then the word score) in the decision (``decision["router"]["vector"]``), with the names of the
+weak and the strong model. A routed request becomes an example when its outcome says whether
+the weak model sufficed:
 - answered by the weak model: strong needed if its feedback averages below 0 (a person or a
   judge found the answer bad), else not needed (it passed the route's validators);
 - the weak model's attempt failed validation (``rejected``, as a cascade records it) and the
@@ -21,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import NAMES
+from .model import VECTOR_NAMES
 
 
 def examples(path: str | Path, since: float | None = None) -> tuple[np.ndarray, list[bool], list[bool]]:
-    """Feature vectors with (weak right, strong right) outcomes from the record at ``path``."""
+    """Vectors (``model.VECTOR_NAMES``) with (weak right, strong right) outcomes from the record
+    at ``path``."""
     if not Path(path).exists():
         raise ValueError(f"no request record at {path!r}; point --db (or record.path in --config) "
                          f"at the gateway's record file")
@@ -51,14 +53,15 @@ def examples(path: str | Path, since: float | None = None) -> tuple[np.ndarray, 
         vectors.append(vector)
         weak_ok.append(not needed)
         strong_ok.append(True)
-    return np.asarray(vectors, dtype=float).reshape(len(vectors), len(NAMES)), weak_ok, strong_ok
+    return np.asarray(vectors, dtype=float).reshape(len(vectors), len(VECTOR_NAMES)), weak_ok, strong_ok
 
 
 def label(router: dict, answered_by: str | None, status: str, attempts: list[tuple[str, str]],
           feedback: list[float]) -> tuple[list[float], bool] | None:
-    """(feature vector, strong needed) for one recorded request, or None when it does not tell."""
+    """(vector, strong needed) for one recorded request, or None when it does not tell."""
     vector = router.get("vector")
-    if router.get("kind") != "learned" or not isinstance(vector, list) or len(vector) != len(NAMES):
+    if router.get("kind") != "learned" or not isinstance(vector, list) or \
+            len(vector) != len(VECTOR_NAMES):
         return None
     if status != "ok":
         return None
