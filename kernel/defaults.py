@@ -36,10 +36,12 @@ def embedded(environ: Mapping[str, str]) -> dict[str, Any]:
     """The default config tree, with real providers for the keys present in ``environ``."""
     models: dict[str, Any] = {}
     providers: dict[str, Any] = {"fleet": {"kind": "simulated"}}
-    for name, (tier, _, _, _, _, pin, pout, _) in SIMULATED.items():
+    for name, (tier, _, _, _, quality, pin, pout, _) in SIMULATED.items():
+        # The simulated quality is known by construction: declared, it is what the score and
+        # cost_tiers routers and `turnout estimate` judge these models by.
         models[name] = {"provider": "fleet", "context_window": 32_000 * (tier + 1),
                         "input_price": pin, "output_price": pout, "tier": tier,
-                        "description": f"simulated tier {tier}"}
+                        "quality": quality, "description": f"simulated tier {tier}"}
     models["sim-embed"] = {"provider": "fleet", "capabilities": ["embeddings"],
                            "input_price": 0.02, "description": "simulated embeddings"}
     routes = {

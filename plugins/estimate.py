@@ -12,7 +12,9 @@ answered, the outcome, cost, end-to-end latency, tokens, and the decision record
 labels, plan and router prediction), and every attempt (each model's latencies and outcomes, and
 the tokens of the call that answered). Prompts are not recorded and are not needed.
 
-**The replay.** Each policy file is loaded as a gateway config and a kernel is started from it
+**The replay.** Each policy file is laid over the current config (``config.overlay``: each
+top-level table it has replaces the current one, the rest stays, so a policy can hold only its
+``routes`` or ``[routing]``) and a kernel is started from it
 without the plugins that act outside routing (the record, alerts, telemetry, metrics, the admin
 API, the Slack bot: :func:`turnout.adapters.cli.offline`; the cache and rate limits too:
 :data:`OFF`) and on an empty memory store (shared
@@ -34,16 +36,17 @@ request:
 - *cost*: the chosen model's prices (the policy's ``[models]``) times the tokens of the call that
   answered (the request's own tokens when no call of its own answered: a sub-request did, or
   none did). One call: retries and fallbacks the policy might need are not guessed.
-- *predicted quality* of a model for a request, from 0 to 1: the learned router's prediction
-  where the request has one (recorded, or the shipped model on the recorded vector; see
+- *predicted quality* of a model for a request, from 0 to 1: the learned router's prediction where
+  the request has one (recorded, or the shipped model on the recorded vector; see
   :func:`turnout.plugins.spend_report.prediction_of`) and the model is that router's weak or
-  strong model: 1 for the strong one, 1 - P(strong needed) for the weak one (the chance its
-  answer is as good); else the model's configured ``quality`` for the request's task (the
-  current config's ``[models]``, else the policies', in the order given: every column is judged
-  by the same knowledge); else the recorded outcome: the request's own (1 answered, 0 failed)
-  for the model that answered it, the model's share of successful calls in the record for
-  another; else unknown. A request that stands and got no answer counts 0. The mean is over the
-  requests whose quality is known, and the report says how many that is.
+  strong model: 1 for the strong one, 1 - its strong-need score (0..1, the share of its training
+  prompts this one needs the strong model more than) for the weak one; else the model's configured
+  ``quality`` for the request's task (the current config's ``[models]``, else the policies', in
+  the order given: every column is judged by the same knowledge); else the recorded outcome: the
+  request's own (1 answered, 0 failed) for the model that answered it, the model's share of
+  successful calls in the record for another; else unknown. A request that stands and got no
+  answer counts 0. The mean is over the requests whose quality is known, and the report says how
+  many that is.
 - *latency*: the chosen model's recorded call latencies (its successful attempts in the record)
   stand for the request, as a distribution; p50 and p95 are taken over every request's latency
   (nearest rank, each request weighing one, its distribution shared among its values). Unknown
@@ -183,15 +186,13 @@ class Routed:
     it, so it scored the placeholder prompt): the choice is a guess, and counted as one."""
 
 
-def policy_kernel(path: str) -> Any:
-    """A kernel for the policy file ``path``, ready to start: without the plugins a one-shot
-    command leaves out and :data:`OFF`, on a memory store; unset ``${VARS}`` (provider keys) may
-    stay unset, since nothing is called."""
+def policy_kernel(policy: Any) -> Any:
+    """A kernel for the ``policy`` config, ready to start: without the plugins a one-shot command
+    leaves out and :data:`OFF`, on a memory store."""
     from turnout.adapters.cli import offline, quiet
-    from turnout.kernel import config as config_module
     from turnout.kernel.kernel import Kernel
 
-    config = offline(config_module.load(path, lenient_env=True, references=False), also=OFF)
+    config = offline(policy, also=OFF)
     quiet(config)
     return Kernel(config)
 
@@ -243,7 +244,7 @@ async def route_one(kernel: Any, recorded: Recorded) -> Routed:
     return Routed(model=plan[0], router=None if blind else router, blind=blind)
 
 
-def replay(policy: str, requests: list[Recorded]) -> list[Routed]:
+def replay(policy: Any, requests: list[Recorded]) -> list[Routed]:
     """Start the kernel of ``policy`` and route every request with it."""
     import anyio
 
@@ -481,7 +482,9 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``turnout estimate``."""
     parser.add_argument("--policy", metavar="OTHER.toml", action="append", required=True,
                         help="a config file whose routing (routes, models, rules, routers) to "
-                        "replay the record under; repeat it to compare several")
+                        "replay the record under, laid over the current config: the tables it "
+                        "leaves out (providers, models, ...) are the current ones; repeat it to "
+                        "compare several")
     parser.add_argument("--since", metavar="AGE", help="only requests newer than AGE: 30m, 24h, "
                         "7d")
     parser.add_argument("--config", help="the current config: its record (record.backend, "
@@ -510,8 +513,8 @@ def estimate(args: argparse.Namespace) -> dict[str, Any]:
     log = read(path, dsn, schema, since)
     policies, configured = [], [_profiles(current)]
     for policy in args.policy:
-        other = config_module.load(policy, lenient_env=True, references=False)
-        routed = replay(policy, log.requests) if log.requests else []
+        other = config_module.overlay(policy, current, lenient_env=True, references=False)
+        routed = replay(other, log.requests) if log.requests else []
         policies.append((Path(policy).stem, routed, Prices.of(other)))
         configured.append(_profiles(other))
     knowledge = Knowledge(configured, log.success, Prices.of(current))

@@ -218,6 +218,24 @@ def test_since_keeps_only_recent_requests(recorded, cli, capsys, tmp_path) -> No
     assert everything["columns"][0]["requests"] == 8
 
 
+def test_a_policy_of_routes_only_takes_the_rest_from_the_current_config(recorded, cli, capsys,
+                                                                       tmp_path) -> None:
+    db, current, _ = recorded
+    requests, answered = rows(db)
+    policy = tmp_path / "only-routes.toml"
+    policy.write_text("\n".join(f'[routes.{name}]\nmodels = ["cheap"]'
+                                 for name in ("ask", "smart", "legacy")))
+    found = report(cli, capsys, "--config", str(current), "--policy", str(policy))
+    _, cheap_only = found["columns"]
+    # Providers, models (their prices and quality) and the rules for auto are the current
+    # config's: every request lands on cheap, priced at cheap's prices for its recorded tokens.
+    assert cheap_only["requests"] == len(requests) and cheap_only["share"] == {
+        "cheap": pytest.approx(1.0)}
+    assert cheap_only["cost_usd"] == pytest.approx(sum(
+        r["cost_usd"] if r["model"] == "cheap" else at("cheap", answered[r["request_id"]])
+        for r in requests), rel=1e-9)
+
+
 def test_png_is_cost_against_quality(recorded, cli, capsys, tmp_path) -> None:
     db, current, cheaper = recorded
     out = tmp_path / "estimate.png"
