@@ -83,8 +83,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from overhead import free_port, process  # noqa: E402
-from replicas import cleanup  # noqa: E402
+from overhead import drop_shared, free_port, process, shared_tables  # noqa: E402
 from upstream import read_body, send_json  # noqa: E402
 
 PHASES = ("normal", "rate_limit_storm", "server_errors", "read_timeout", "stream_cut",
@@ -257,17 +256,7 @@ models = ["alpha", "beta"]
 [routes.edge]
 models = ["tarpit", "alpha", "beta"]
 
-[state]
-backend = "redis"
-url = "{args.redis}"
-key_prefix = "{prefix}"
-
-[record]
-backend = "postgres"
-dsn = "{args.postgres}"
-schema = "{schema}"
-journal = "{tmp / f'replica{replica}.journal'}"
-
+{shared_tables(args, prefix, schema, tmp / f'replica{replica}.journal')}
 [[budgets]]
 scope = "key"
 match = "capped"
@@ -590,7 +579,7 @@ def main() -> None:
                 replica.stop()
             rows = read_records(args.postgres, schema)
     finally:
-        cleanup(args, prefix, schema)
+        drop_shared(args, prefix, schema)
     ours = {k: v for k, v in rows.items() if k and k.startswith(f"faults-{run_id}-")}
     records = sum(len(v) for v in ours.values())
     capped_spent = sum(cost for v in ours.values() for client, status, cost in v

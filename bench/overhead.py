@@ -184,21 +184,45 @@ level = "warning"
     return path
 
 
-def shared_state(args: argparse.Namespace, tmp: Path, run: str) -> str:
-    """Config for ``--state redis``: Redis state, the PostgreSQL log, a budget and a rate limit
-    that apply to every request and never refuse one."""
+def shared_tables(args: argparse.Namespace, prefix: str, schema: str, journal: Path) -> str:
+    """``[state]`` in Redis under the key ``prefix`` and ``[record]`` in PostgreSQL in ``schema``,
+    journaled to ``journal`` (each process its own): the tables of a gateway whose state is
+    shared, for every benchmark that runs one."""
     return f"""
 [state]
 backend = "redis"
 url = "{args.redis}"
-key_prefix = "turnout-bench:{run}:"
+key_prefix = "{prefix}"
 
 [record]
 backend = "postgres"
 dsn = "{args.postgres}"
-schema = "turnout_bench_{run}"
-journal = "{tmp / 'bench.journal'}"
+schema = "{schema}"
+journal = "{journal}"
+"""
 
+
+def drop_shared(args: argparse.Namespace, prefix: str, schema: str) -> None:
+    """Remove a run's Redis keys (under ``prefix``) and PostgreSQL ``schema``."""
+    import psycopg
+    import redis
+
+    client = redis.Redis.from_url(args.redis)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i:i + 1000])
+    finally:
+        client.close()
+    with psycopg.connect(args.postgres, autocommit=True) as db:
+        db.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def shared_state(args: argparse.Namespace, tmp: Path, run: str) -> str:
+    """Config for ``--state redis``: Redis state, the PostgreSQL log, a budget and a rate limit
+    that apply to every request and never refuse one."""
+    return shared_tables(args, f"turnout-bench:{run}:", f"turnout_bench_{run}",
+                         tmp / "bench.journal") + """
 [[budgets]]
 scope = "global"
 limit_usd = 1000000.0
@@ -209,22 +233,6 @@ scope = "global"
 rpm = 100000000
 tpm = 1000000000000
 """
-
-
-def drop_shared_state(args: argparse.Namespace, run: str) -> None:
-    """Remove the run's Redis keys and PostgreSQL schema."""
-    import psycopg
-    import redis
-
-    client = redis.Redis.from_url(args.redis)
-    try:
-        keys = list(client.scan_iter(match=f"turnout-bench:{run}:*", count=1000))
-        for i in range(0, len(keys), 1000):
-            client.delete(*keys[i:i + 1000])
-    finally:
-        client.close()
-    with psycopg.connect(args.postgres, autocommit=True) as db:
-        db.execute(f'DROP SCHEMA IF EXISTS "turnout_bench_{run}" CASCADE')
 
 
 def litellm_config(tmp: Path, upstream: str) -> Path:
@@ -263,7 +271,7 @@ def main() -> None:
         run_bench(args, run)
     finally:
         if args.state == "redis":
-            drop_shared_state(args, run)
+            drop_shared(args, f"turnout-bench:{run}:", f"turnout_bench_{run}")
 
 
 def run_bench(args: argparse.Namespace, run: str) -> None:

@@ -35,7 +35,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from overhead import HERE, free_port, process  # noqa: E402
+from overhead import HERE, drop_shared, free_port, process, shared_tables  # noqa: E402
 
 PRICE = 1.0
 """Output price, $ per million tokens; the upstream answers 6 tokens, so a request costs
@@ -60,17 +60,7 @@ provider = "upstream"
 input_price = 0.0
 output_price = {PRICE}
 
-[state]
-backend = "redis"
-url = "{args.redis}"
-key_prefix = "{prefix}"
-
-[record]
-backend = "postgres"
-dsn = "{args.postgres}"
-schema = "{schema}"
-journal = "{tmp / f'replica{replica}.journal'}"
-
+{shared_tables(args, prefix, schema, tmp / f'replica{replica}.journal')}
 [[budgets]]
 scope = "key"
 match = "ci"
@@ -113,21 +103,6 @@ def log_rows(dsn: str, schema: str) -> dict[str, tuple[int, float]]:
     return {client: (count, float(spent)) for client, count, spent in rows}
 
 
-def cleanup(args, prefix: str, schema: str) -> None:
-    import psycopg
-    import redis
-
-    client = redis.Redis.from_url(args.redis)
-    try:
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
-    with psycopg.connect(args.postgres, autocommit=True) as db:
-        db.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -164,7 +139,7 @@ def main() -> None:
             # The gateways have stopped (SIGTERM): everything they answered is in the log.
             rows = log_rows(args.postgres, schema)
     finally:
-        cleanup(args, prefix, schema)
+        drop_shared(args, prefix, schema)
     records, spent = rows.get("ci", (0, 0.0))
     figures = {
         "requests": len(budget),

@@ -17,8 +17,13 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+from turnout.kernel.errors import ConfigError
 
 COLORS = ("#1f3a5f", "#e07b39", "#3c8d5a", "#b8423c", "#7d5ba6", "#8c6d31", "#3b8bb8",
           "#c26ba0", "#6b6b6b")
@@ -131,6 +136,27 @@ def _clip(text: str) -> str:
         return text
     half = (TITLE_CHARS - 3) // 2
     return f"{text[:half]}...{text[-half:]}"
+
+
+def write(command: str, file: str, draw: Callable[[], bytes]) -> int:
+    """Draw a chart for ``turnout COMMAND --png FILE`` and write it to ``file``; the exit status.
+    No data to draw is said on stderr (status 1, no file written); a missing matplotlib or an
+    unwritable path is a ConfigError saying what to do."""
+    try:
+        png = draw()
+    except NoData as exc:
+        print(f"turnout {command}: no chart drawn: {exc}", file=sys.stderr)
+        return 1
+    except ImportError:
+        raise ConfigError("--png needs matplotlib, which is not installed: pip install "
+                          "matplotlib") from None
+    try:
+        Path(file).write_bytes(png)
+    except OSError as exc:
+        raise ConfigError(f"--png {file}: cannot write it ({exc.strerror}); give a writable "
+                          "path") from None
+    print(f"turnout {command}: chart written to {file} ({len(png):,} bytes)", file=sys.stderr)
+    return 0
 
 
 def new_figure(width: float, height: float) -> Any:

@@ -63,7 +63,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -541,26 +540,12 @@ def run(args: argparse.Namespace) -> int:
 def draw(file: str, report: dict[str, Any]) -> int:
     """Write the cost-against-quality chart of ``report`` to ``file``; 1, said on standard
     error, when no column has a quality to place it by."""
-    from .charts import NoData, estimate_png
+    from .charts import estimate_png, write
 
     points = [(c["name"] if c["name"] == "recorded" else f"policy {c['name']}", c["cost_usd"],
                c["quality"]["mean"]) for c in report["columns"]]
-    try:
-        png = estimate_png(points, title=f"Cost against predicted quality, "
-                           f"{report['columns'][0]['requests']:,} requests")
-    except NoData as exc:
-        print(f"turnout estimate: no chart drawn: {exc}", file=sys.stderr)
-        return 1
-    except ImportError:
-        raise ConfigError("--png needs matplotlib, which is not installed: pip install "
-                          "matplotlib") from None
-    try:
-        Path(file).write_bytes(png)
-    except OSError as exc:
-        raise ConfigError(f"--png {file}: cannot write it ({exc.strerror}); give a writable "
-                          "path") from None
-    print(f"turnout estimate: chart written to {file} ({len(png):,} bytes)", file=sys.stderr)
-    return 0
+    title = f"Cost against predicted quality, {report['columns'][0]['requests']:,} requests"
+    return write("estimate", file, lambda: estimate_png(points, title=title))
 
 
 class Estimate:

@@ -336,25 +336,9 @@ def run(args: argparse.Namespace) -> int:
 def draw_png(file: str, drawn: dict[str, Any]) -> int:
     """Write the chart of ``drawn`` (a :func:`timeline`) to ``file``; 1, and a line on standard
     error saying why, when the log holds nothing to draw."""
-    import sys
+    from .charts import stats_png, write
 
-    from .charts import NoData, stats_png
-
-    try:
-        png = stats_png(drawn, title=_chart_title(drawn))
-    except NoData as exc:
-        print(f"turnout stats: no chart drawn: {exc}", file=sys.stderr)
-        return 1
-    except ImportError:
-        raise ConfigError("--png needs matplotlib, which is not installed: pip install "
-                          "matplotlib") from None
-    try:
-        Path(file).write_bytes(png)
-    except OSError as exc:
-        raise ConfigError(f"--png {file}: cannot write it ({exc.strerror}); give a writable "
-                          "path") from None
-    print(f"turnout stats: chart written to {file} ({len(png):,} bytes)", file=sys.stderr)
-    return 0
+    return write("stats", file, lambda: stats_png(drawn, title=_chart_title(drawn)))
 
 
 def _chart_title(drawn: dict[str, Any]) -> str:

@@ -13,10 +13,10 @@ import pytest
 
 from turnout.adapters import cli as cli_module
 from turnout.kernel.config import parse
-from turnout.kernel.kernel import BUILTINS, Kernel
+from turnout.kernel.kernel import Kernel
 from turnout.kernel.types import ChatRequest
 from turnout.plugins.learned import store
-from turnout.plugins.spend_report import Prices, SpendReport, judge
+from turnout.plugins.spend_report import Prices, judge
 from turnout.plugins.sqlite_recorder import SCHEMA
 
 from .fakes import Script, Status, openai_app, serve
@@ -44,20 +44,9 @@ def answer(model: str, prompt: str):
     return f"answered by {model}"
 
 
-def commands():
-    """The command registry with this plugin loaded beside the built-ins."""
-    kernel = Kernel(parse({}, source="(commands)"))
-    kernel.plugins.load(builtins=BUILTINS)
-    if "spend_report" not in BUILTINS:
-        kernel.plugins.register(SpendReport(), name="spend_report")
-    kernel.plugins.hook.register_commands.register(kernel.commands.callback)
-    return kernel.commands
-
-
 @pytest.fixture
-def cli(monkeypatch):
-    found = commands()
-    monkeypatch.setattr(cli_module, "plugin_commands", lambda: found)
+def cli():
+    """``turnout`` in this process (the plugin is built in)."""
     return cli_module.main
 
 
