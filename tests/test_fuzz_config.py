@@ -28,8 +28,18 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from turnout.adapters.cli import main
-from turnout.kernel import config
+from turnout.kernel import config, observability
 from turnout.kernel.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _forget_generated_credentials():
+    """``config check`` registers every provider key it loads with the log redactor, for the rest
+    of the process; the keys generated here are arbitrary text (``fallback``, eight spaces), and
+    left registered they would mask those words in every later test's logs and records."""
+    saved = (observability._known, observability._pattern, observability._state)
+    yield
+    observability._known, observability._pattern, observability._state = saved
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None)
 

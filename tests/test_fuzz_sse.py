@@ -147,7 +147,7 @@ def anthropic_events(src: Source) -> list[Event]:
         return kind, {"type": kind, **data}
     events = [ev("message_start", message={
         "id": "msg_1", "type": "message", "role": "assistant", "content": [], "model": "up-model",
-        "stop_reason": None, "usage": {"input_tokens": src.input_tokens, "output_tokens": 0,
+        "stop_reason": None, "usage": {"input_tokens": src.input_tokens, "output_tokens": 1,
                                        "cache_read_input_tokens": src.cached, **src.extra}})]
     index = 0
     if src.texts:

@@ -177,7 +177,8 @@ class AnthropicAdapter(ProviderAdapter):
                     elif kind == "message_delta":
                         stop_reason = (data.get("delta") or {}).get("stop_reason") or stop_reason
                         usage = data.get("usage") or {}
-                        output_tokens = int(usage.get("output_tokens") or output_tokens)
+                        if usage.get("output_tokens") is not None:  # cumulative; 0 is a count
+                            output_tokens = int(usage["output_tokens"])
                         if usage.get("input_tokens") is not None:
                             input_tokens = _input_tokens(usage)
                         if stop_reason == "refusal" and not emitted:
