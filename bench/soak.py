@@ -9,7 +9,7 @@ to it (the conversation plugin trims them). Requests go round the routes, half o
 ``--concurrency`` at a time; the request log is SQLite in the temporary directory.
 
 Faults are injected on a schedule by the upstream's model ``flaky`` (in every route but critic
-and trim): of each 50 calls, one 500, one 429 with ``Retry-After: 0``, and, on streams, one cut
+and trim): of each 50 calls, one 500, one 429 with ``Retry-After: 0``; of each 50 streams, one cut
 mid-answer (the connection closes without ``[DONE]``). The gateway must turn each into a clean
 answer (another model, a retry) or a clean error in the API's format.
 
@@ -64,7 +64,7 @@ def upstream_app():
     fails on the schedule in the module's docstring."""
     import orjson
 
-    calls: collections.Counter[str] = collections.Counter()
+    calls: collections.Counter[object] = collections.Counter()
     faults: collections.Counter[str] = collections.Counter()
 
     async def app(scope, receive, send):
@@ -81,6 +81,9 @@ def upstream_app():
         model, stream = request.get("model", "steady"), bool(request.get("stream"))
         calls[model] += 1
         slot = calls[model] % FAULT_PERIOD
+        if stream:  # streams are counted apart, so every 50th stream is cut whatever the mix
+            calls[model, "stream"] += 1
+        cut = model == "flaky" and stream and calls[model, "stream"] % FAULT_PERIOD == 30
         if model == "flaky" and slot == 10:
             faults["http_500"] += 1
             await send_json(send, 500, {"error": {"message": "injected", "type": "server_error"}})
@@ -113,7 +116,7 @@ def upstream_app():
                      "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
             await send({"type": "http.response.body", "more_body": True,
                         "body": b"data: " + orjson.dumps(chunk) + b"\n\n"})
-            if model == "flaky" and slot == 30:
+            if cut:
                 faults["stream_cut"] += 1
                 raise ConnectionAbortedError("injected: stream cut mid-answer")
         last = {"id": "chatcmpl-soak", "object": "chat.completion.chunk", "model": model,
