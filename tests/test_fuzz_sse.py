@@ -35,6 +35,8 @@ from turnout.kernel.errors import StreamBroken, TurnoutError
 from turnout.kernel.kernel import _whole
 from turnout.kernel.types import ChatRequest, Completion, ModelProfile, Step
 
+from .strategies import JSON
+
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None)
 
 MODEL = ModelProfile(name="m", provider="up", upstream="up-model")
@@ -65,15 +67,6 @@ class Source:
     cached: int = 0
     extra: dict[str, int] = field(default_factory=dict)
     """Provider-specific usage parts (Anthropic cache writes, Gemini thoughts)."""
-
-
-JSON = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**53), 2**53),
-              st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8)),
-    lambda inner: st.one_of(st.lists(inner, max_size=3),
-                            st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-    max_leaves=6,
-)
 
 
 def cut(text: str, points: list[int]) -> list[str]:

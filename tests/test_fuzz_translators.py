@@ -45,6 +45,8 @@ from turnout.adapters.providers.settings import HttpProviderSettings
 from turnout.kernel.errors import ProviderUnavailable, TurnoutError
 from turnout.kernel.types import ChatRequest, Completion, Message, ModelProfile
 
+from .strategies import JSON
+
 FUZZ = settings(max_examples=80, deadline=None, derandomize=True, database=None)
 
 MODEL = ModelProfile(name="m", provider="up", upstream="up-model")
@@ -55,13 +57,6 @@ CAPPED = ModelProfile(name="m", provider="up", upstream="up-model", max_output_t
 TEXT = st.text(min_size=1, max_size=16).filter(lambda s: s.strip())
 """Message text: any characters, never blank (every format drops empty text)."""
 NAME = st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_-]{0,20}", fullmatch=True)
-JSON = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**53), 2**53),
-              st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=8)),
-    lambda inner: st.one_of(st.lists(inner, max_size=3),
-                            st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-    max_leaves=6,
-)
 ARGUMENTS = st.dictionaries(st.text(max_size=6), JSON, max_size=3)
 IMAGE = st.one_of(
     st.builds(lambda kind, data: f"data:image/{kind};base64,{data}",
