@@ -192,7 +192,7 @@ async def explain(args: argparse.Namespace) -> dict:
         raise BadRequest(f"cannot build a request from that prompt: {exc}") from None
     config = config_module.load(args.config)
     quiet(config)
-    async with Kernel(config) as kernel:
+    async with Kernel(without_side_effects(config)) as kernel:
         return await kernel.explain(kernel.context(request))
 
 
@@ -202,13 +202,19 @@ SIDE_EFFECT_PLUGINS = frozenset({"record", "request_log", "alerts", "log_alerts"
 which a benchmark or a replay must not do."""
 
 
-def offline(config: Config, *, also: frozenset[str] = frozenset()) -> Config:
-    """``config`` for a one-shot command's own kernel: state in memory (no shared store is needed
-    or touched) and :data:`SIDE_EFFECT_PLUGINS`, and ``also``, not loaded."""
+def without_side_effects(config: Config, *, also: frozenset[str] = frozenset()) -> Config:
+    """``config`` with :data:`SIDE_EFFECT_PLUGINS`, and ``also``, not loaded: for a command that
+    reads the gateway's state (``route --explain`` sees its circuits) but records nothing."""
     disable = sorted(set(config.plugins.disable) | SIDE_EFFECT_PLUGINS | also)
     return config.model_copy(update={
-        "state": config_module.StateSection(),
         "plugins": config.plugins.model_copy(update={"disable": disable})})
+
+
+def offline(config: Config, *, also: frozenset[str] = frozenset()) -> Config:
+    """``config`` for a one-shot command's own kernel: :func:`without_side_effects`, and state in
+    memory (no shared store is needed or touched)."""
+    return without_side_effects(config, also=also).model_copy(
+        update={"state": config_module.StateSection()})
 
 
 def quiet(config: Config) -> None:

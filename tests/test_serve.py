@@ -122,6 +122,7 @@ def test_route_explain_prints_the_decision(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "strong" in out and "hard prompts go strong" in out and "{" not in out.splitlines()[0]
+    assert list(tmp_path.iterdir()) == [], "explaining records nothing: no request log is made"
 
 
 def test_cli_errors_are_readable(tmp_path: Path) -> None:
