@@ -17,7 +17,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from turnout.kernel.config import ApiKey
@@ -45,6 +45,7 @@ from .messages import MessagesAPI
 from .openapi import OpenAPI
 from .parse import parse_request
 from .responses import ResponsesAPI
+from .streaming import ClosingStream
 from .wire import ChunkFramer, completion_json, error_bytes
 
 log = structlog.get_logger("turnout.http")
@@ -61,15 +62,16 @@ PRIVATE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 
 
 def error_response(error: TurnoutError, request_id: str | None = None,
-                   headers: dict[str, str] | None = None) -> Response:
-    """An OpenAI-style JSON error, with Retry-After for rate limits."""
+                   headers: dict[str, str] | None = None, body: bytes | None = None) -> Response:
+    """An error with its status, x-request-id and Retry-After for rate limits; ``body`` is the
+    front door's own JSON error (default: OpenAI's)."""
     headers = dict(headers or {})
     if request_id:
         headers["x-request-id"] = request_id
     retry_after = getattr(error, "retry_after", None)
     if isinstance(error, (RateLimited, ProviderRateLimited)) and retry_after is not None:
         headers["retry-after"] = str(max(1, round(retry_after)))
-    return Response(error_bytes(error), status_code=error.status,
+    return Response(error_bytes(error) if body is None else body, status_code=error.status,
                     media_type="application/json", headers=headers)
 
 
@@ -80,25 +82,11 @@ def internal_error(exc: BaseException, request_id: str | None) -> Response:
         "log for details."), request_id)
 
 
-class EventStream(StreamingResponse):
-    """A chat completion streamed as SSE frames.
-
-    Whatever ends the response (the last frame, an error event, the client hanging up, even
-    before the first frame was sent), the kernel's stream is closed, so the upstream connection
-    is released and the request is recorded.
-    """
+class EventStream(ClosingStream):
+    """A chat completion streamed as SSE frames (the kernel's stream closed however it ends)."""
 
     def __init__(self, chunks: AnswerStream, framer: ChunkFramer, headers: dict[str, str]) -> None:
-        super().__init__(self._frames(chunks, framer), media_type="text/event-stream",
-                         headers=headers)
-        self.chunks = chunks
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.chunks.aclose()
+        super().__init__(self._frames(chunks, framer), chunks, headers)
 
     @staticmethod
     async def _frames(chunks: AnswerStream, framer: ChunkFramer) -> AsyncIterator[bytes]:

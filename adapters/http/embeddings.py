@@ -18,7 +18,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from turnout.kernel.embeddings import EmbeddingAnswer, EmbeddingRequest
-from turnout.kernel.errors import BadRequest, TurnoutError
+from turnout.kernel.errors import TurnoutError
+
+from .parse import json_object
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -46,12 +48,8 @@ def embeddings_json(request: EmbeddingRequest, result: EmbeddingAnswer) -> dict[
 def parse_embeddings(body: bytes | bytearray) -> EmbeddingRequest:
     """A ``/v1/embeddings`` body as an :class:`EmbeddingRequest`; BadRequest says what is
     wrong."""
-    try:
-        data = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"The request body is not valid JSON ({exc.msg} at position "
-                         f"{exc.pos}).") from None
-    return EmbeddingRequest.parse(data)
+    return EmbeddingRequest.parse(json_object(
+        body, 'a JSON embeddings request: {"model": "...", "input": "text to embed"}'))
 
 
 class EmbeddingsAPI:

@@ -47,8 +47,6 @@ from starlette.responses import Response
 from turnout.kernel.errors import (
     AuthenticationFailed,
     BadRequest,
-    ProviderRateLimited,
-    RateLimited,
     TurnoutError,
     clip,
 )
@@ -434,14 +432,8 @@ def error_body(error: TurnoutError, request_id: str | None = None) -> dict[str, 
 def error_response(error: TurnoutError, request_id: str | None = None,
                    headers: dict[str, str] | None = None) -> Response:
     """Anthropic's JSON error with its status, x-request-id and Retry-After for rate limits."""
-    headers = dict(headers or {})
-    if request_id:
-        headers["x-request-id"] = request_id
-    retry_after = getattr(error, "retry_after", None)
-    if isinstance(error, (RateLimited, ProviderRateLimited)) and retry_after is not None:
-        headers["retry-after"] = str(max(1, round(retry_after)))
-    return Response(orjson.dumps(error_body(error, request_id)), status_code=error.status,
-                    media_type="application/json", headers=headers)
+    return app.error_response(error, request_id, headers,
+                              body=orjson.dumps(error_body(error, request_id)))
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:

@@ -37,18 +37,18 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Literal
 
-import anyio
 import orjson
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from turnout.kernel.errors import BadRequest, TurnoutError, clip
 from turnout.kernel.request import describe
 from turnout.kernel.types import ChatRequest, Chunk, Completion, Usage
 
 from .parse import json_object
+from .streaming import ClosingStream
 from .wire import error_json
 
 if TYPE_CHECKING:
@@ -557,22 +557,14 @@ class Conversation:
         return self.json(model, output, status, usage, finish)
 
 
-class ResponseEvents(StreamingResponse):
-    """A response streamed as the Responses API's typed SSE events. However the response ends,
-    the kernel's stream is closed, so the upstream is released and the request recorded."""
+class ResponseEvents(ClosingStream):
+    """A response streamed as the Responses API's typed SSE events (the kernel's stream closed
+    however it ends)."""
 
     def __init__(self, chunks: "AnswerStream", conversation: Conversation,
                  headers: dict[str, str]) -> None:
-        super().__init__(self._events(chunks, conversation), media_type="text/event-stream",
-                         headers={**headers, "cache-control": "no-cache"})
-        self.chunks = chunks
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.chunks.aclose()
+        super().__init__(self._events(chunks, conversation), chunks,
+                         {**headers, "cache-control": "no-cache"})
 
     @staticmethod
     async def _events(chunks: "AnswerStream", conversation: Conversation) -> AsyncIterator[bytes]:
