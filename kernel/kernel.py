@@ -170,6 +170,22 @@ class Started:
     completion: Completion | None = None
 
 
+def _who(caller: Caller | None, headers: Mapping[str, str] | None, client: str | None,
+         request_id: str | None) -> dict[str, Any]:
+    """The context fields of a request from a front door (:meth:`Kernel.ask`, :meth:`Kernel.embed`):
+    who asked, what they sent, and what is recorded as the client (default: the caller's key);
+    only the fields given, so the context's defaults hold for the rest."""
+    fields: dict[str, Any] = {"client": client if client is not None
+                              else caller.key if caller is not None else None}
+    if caller is not None:
+        fields["caller"] = caller
+    if headers:
+        fields["headers"] = headers
+    if request_id is not None:
+        fields["request_id"] = request_id
+    return fields
+
+
 class Kernel:
     """One gateway process: config, plugins, registries, and the request pipeline."""
 
@@ -346,15 +362,8 @@ class Kernel:
         nothing carries, BadRequest (400) naming the embedding models when the one asked for does
         not embed; once accepted, the error carries ``error.answer``.
         """
-        fields: dict[str, Any] = {"client": client if client is not None
-                                  else caller.key if caller is not None else None}
-        if caller is not None:
-            fields["caller"] = caller
-        if headers:
-            fields["headers"] = headers
-        if request_id is not None:
-            fields["request_id"] = request_id
-        ctx = embeddings.context(self, request, **fields)
+        ctx = embeddings.context(self, request,
+                                 **_who(caller, headers, client, request_id))
         try:
             result = await embeddings.run(self, ctx, request)
         except TurnoutError as exc:
@@ -430,15 +439,7 @@ class Kernel:
             raise BadRequest(f"Unrecognized request argument supplied: {clip(unknown[0])}. "
                              "(A provider lists the fields it passes through in "
                              "providers.NAME.passthrough_params.)", param=clip(unknown[0]))
-        fields: dict[str, Any] = {"client": client if client is not None
-                                  else caller.key if caller is not None else None}
-        if caller is not None:
-            fields["caller"] = caller
-        if headers:
-            fields["headers"] = headers
-        if request_id is not None:
-            fields["request_id"] = request_id
-        return self.context(request, **fields)
+        return self.context(request, **_who(caller, headers, client, request_id))
 
     # --- the pipeline --------------------------------------------------------------------------
 
