@@ -21,7 +21,7 @@ from .fakes import (
     Refuse,
     Status,
 )
-from .fakes.fleet import every_provider
+from .fakes.fleet import each_test_scripted, every_provider
 from .gateway import running_gateway
 
 OPENAI_KEY, ANTHROPIC_KEY, GEMINI_KEY = "sk-openai-upstream-1234", "sk-ant-upstream-5678", \
@@ -71,11 +71,7 @@ def gateway(fakes, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(autouse=True)
 def clean(fakes):
-    for script in fakes[0].values():
-        script.reset()
-    yield
-    for script in fakes[0].values():
-        assert not script.pending, "a scripted behaviour was not used"
+    yield from each_test_scripted(fakes[0])
 
 
 def ask(text: str = "Hello there") -> list[dict]:

@@ -12,7 +12,7 @@ import pytest
 from turnout.kernel.tokens import count
 
 from .fakes import ErrorInStream, Status
-from .fakes.fleet import every_provider
+from .fakes.fleet import each_test_scripted, every_provider
 from .gateway import running_gateway
 
 OPENAI_KEY, ANTHROPIC_KEY, GEMINI_KEY = "sk-openai-up-1111", "sk-ant-up-2222", "AIzaUpGemini0123456789"
@@ -58,11 +58,7 @@ def gateway(fakes, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(autouse=True)
 def clean(fakes):
-    for script in fakes[0].values():
-        script.reset()
-    yield
-    for script in fakes[0].values():
-        assert not script.pending, "a scripted behaviour was not used"
+    yield from each_test_scripted(fakes[0])
 
 
 def client(gateway, **kw) -> anthropic.Anthropic:

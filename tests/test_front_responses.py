@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from .fakes import ErrorInStream, Reply
-from .fakes.fleet import every_provider
+from .fakes.fleet import each_test_scripted, every_provider
 from .gateway import running_gateway
 from .redis_support import prefix_fixture, redis_url_fixture  # noqa: F401 - the fixtures
 
@@ -64,11 +64,7 @@ def gateway(fakes, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(autouse=True)
 def clean(fakes):
-    for script in fakes[0].values():
-        script.reset()
-    yield
-    for script in fakes[0].values():
-        assert not script.pending, "a scripted behaviour was not used"
+    yield from each_test_scripted(fakes[0])
 
 
 def client(gw, key: str = ALICE) -> openai.OpenAI:

@@ -29,3 +29,13 @@ def every_provider(openai_key: str, anthropic_key: str,
                                                            api_key=gemini_key))) + "/v1beta",
         }
         yield scripts, urls
+
+
+def each_test_scripted(scripts: dict[str, Script]) -> Iterator[None]:
+    """Around one test (a fixture's body): the scripts start empty, and every behaviour the test
+    scripted was used by the time it ends."""
+    for script in scripts.values():
+        script.reset()
+    yield
+    for script in scripts.values():
+        assert not script.pending, "a scripted behaviour was not used"
