@@ -73,7 +73,16 @@ from turnout.kernel.errors import ConfigError, NoRoute, TurnoutError, UnknownMod
 from turnout.kernel.hookspecs import hookimpl
 
 from .spend_report import Prices, prediction_of
-from .stats import _fmt_ms, _table, json_column, location, parse_age, read_record, record_location
+from .stats import (
+    _fmt_ms,
+    _table,
+    json_column,
+    location,
+    parse_age,
+    read_record,
+    record_arguments,
+    record_location,
+)
 
 OFF = frozenset({"cache", "rate_limits"})
 """Built-in plugins a policy's kernel runs without, besides those of every one-shot command
@@ -489,10 +498,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="the current config: its record (record.backend, "
                         "record.path or record.dsn) and its models' quality; provider secrets "
                         "need not be set")
-    parser.add_argument("--db", help="SQLite record file (default: record.path)")
-    parser.add_argument("--dsn", help="PostgreSQL record to read instead (default: record.dsn "
-                        "when record.backend is postgres)")
-    parser.add_argument("--schema", help="its schema (default: record.schema, public)")
+    record_arguments(parser)
     parser.add_argument("--png", metavar="FILE", help="also draw cost against mean predicted "
                         "quality into FILE (PNG), one point per policy and one for the record")
     parser.add_argument("--json", action="store_true", help="print one JSON object")

@@ -45,7 +45,7 @@ from turnout.kernel.errors import ConfigError
 from turnout.kernel.hookspecs import hookimpl
 
 from .stats import json_column as _json
-from .stats import record_location
+from .stats import record_arguments, record_location
 
 VERDICTS = ("cheaper", "weak_answered", "strong_predicted", "weak_rejected", "no_prediction",
             "no_prices", "no_saving", "failed")
@@ -355,10 +355,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     spend.add_argument("--config", help="config file: the models' prices, the routes' models and "
                        "the record (record.backend, record.path or record.dsn); provider secrets "
                        "need not be set")
-    spend.add_argument("--db", help="SQLite record file (default: record.path)")
-    spend.add_argument("--dsn", help="PostgreSQL record to read instead (default: record.dsn "
-                       "when record.backend is postgres)")
-    spend.add_argument("--schema", help="its schema (default: record.schema, public)")
+    record_arguments(spend)
     parser.set_defaults(report_parser=parser)
 
 

@@ -303,10 +303,7 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``turnout stats``."""
     parser.add_argument("--config", help="config file (for record.backend, record.path or "
                         "record.dsn); provider secrets need not be set")
-    parser.add_argument("--db", help="SQLite record file (default: record.path)")
-    parser.add_argument("--dsn", help="PostgreSQL record to read instead (default: record.dsn "
-                        "when record.backend is postgres)")
-    parser.add_argument("--schema", help="its schema (default: record.schema, public)")
+    record_arguments(parser)
     parser.add_argument("--since", metavar="AGE", help="only requests newer than AGE: 30m, 24h, "
                         "7d")
     parser.add_argument("--json", action="store_true", help="print JSON")
@@ -475,6 +472,15 @@ def timeline_rows(requests: list[Any], attempts: list[Any], *, where: str,
             "latency_ms": {f"p{p}": [_ms(percentile(found, p)) for found in latencies]
                            for p in (50, 95, 99)},
             "by_model": by_model}
+
+
+def record_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--db``, ``--dsn`` and ``--schema``: where a command reads the record instead of where the
+    config's ``[record]`` says (:func:`record_location`)."""
+    parser.add_argument("--db", help="SQLite record file (default: record.path)")
+    parser.add_argument("--dsn", help="PostgreSQL record to read instead (default: record.dsn "
+                        "when record.backend is postgres)")
+    parser.add_argument("--schema", help="its schema (default: record.schema, public)")
 
 
 def record_location(args: argparse.Namespace) -> tuple[str | None, str | None, str]:
